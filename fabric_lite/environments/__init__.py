@@ -1,0 +1,7 @@
+"""Cluster environments: read-only views of who made this process and what its ranks are."""
+
+from fabric_lite.environments.base import ClusterEnvironment
+from fabric_lite.environments.local import LocalEnvironment
+from fabric_lite.environments.torchelastic import TorchElasticEnvironment
+
+__all__ = ["ClusterEnvironment", "LocalEnvironment", "TorchElasticEnvironment"]

@@ -1,0 +1,471 @@
+"""Fabric: the facade users call. It resolves a Plan once, then delegates every call to the planned strategy.
+
+Names and signatures follow Lightning Fabric (``lightning.fabric.Fabric``) so that a script moves
+over with an import swap. Fabric never branches on a concrete strategy type: it asks the strategy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from collections.abc import Callable, Generator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ContextManager
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from fabric_lite.accelerators import Accelerator
+from fabric_lite.errors import ConfigurationError, UsageError
+from fabric_lite.plan import Plan, instantiate, resolve
+from fabric_lite.precision.base import Precision
+from fabric_lite.strategies.base import Strategy, validate_reduce_op
+from fabric_lite.utilities.apply_func import (
+    apply_to_collection,
+    convert_tensors_to_scalars,
+    convert_to_tensors,
+    move_data_to_device,
+)
+from fabric_lite.utilities.rank_zero import rank_zero_only, rank_zero_warn
+from fabric_lite.utilities.seed import WORKERS_VARIABLE, _WorkerInit
+from fabric_lite.utilities.seed import seed_everything as _seed_everything
+from fabric_lite.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, unwrap, wrap_optimizer
+
+
+def _do_nothing(*_: Any, **__: Any) -> None:
+    return None
+
+
+class Fabric:
+    """Accelerate a raw PyTorch loop: devices, precision, strategies and launching from one object.
+
+    Args:
+        accelerator: ``"cpu"``, ``"cuda"``, ``"mps"``, ``"xla"``, ``"gpu"``, ``"tpu"``, ``"auto"`` or an Accelerator.
+        strategy: ``"auto"``, ``"single_device"`` (more in later releases) or a Strategy instance.
+        devices: ``"auto"``, a count, ``-1`` for all, or device indices (``[0, 1]`` or ``"0,1"``), per node.
+        num_nodes: number of machines.
+        precision: ``"32-true"`` (default), ``"64-true"``, ``"16-mixed"``, ``"bf16-mixed"``, ``"16-true"``,
+            ``"bf16-true"``, or an alias (``16``, ``"bf16"``, ``32``, ``64``, ...).
+        plugins: a Precision plugin and/or a ClusterEnvironment instance.
+        callbacks: objects whose methods :meth:`call` invokes by name.
+        loggers: a logger or a list of loggers used by :meth:`log` and :meth:`log_dict`.
+
+    Example:
+        >>> fabric = Fabric(accelerator="cpu", devices=1)
+        >>> model, optimizer = fabric.setup(torch.nn.Linear(2, 1), torch.optim.SGD(torch.nn.Linear(2, 1).parameters()))
+        >>> fabric.world_size
+        1
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: str | Accelerator = "auto",
+        strategy: str | Strategy = "auto",
+        devices: list[int] | str | int = "auto",
+        num_nodes: int = 1,
+        precision: str | int | None = None,
+        plugins: Any = None,
+        callbacks: list[Any] | Any | None = None,
+        loggers: Any = None,
+    ) -> None:
+        self._plan = resolve(
+            accelerator=accelerator,
+            strategy=strategy,
+            devices=devices,
+            num_nodes=num_nodes,
+            precision=precision,
+            plugins=plugins,
+        )
+        self._strategy: Strategy = instantiate(self._plan)
+        self._precision: Precision = self._strategy.precision
+        callbacks = [] if callbacks is None else callbacks
+        self._callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        loggers = [] if loggers is None else loggers
+        self._loggers = list(loggers) if isinstance(loggers, (list, tuple)) else [loggers]
+        self._models_setup = 0
+        self._launched = False
+        self._environment_ready = False
+        if self._plan.launcher == "external":
+            # fabric-run / torchrun already made the processes: get ready now, launch() becomes a no-op.
+            self._setup_environment()
+            self._launched = True
+
+    # ------------------------------------------------------------------------------ properties
+    @property
+    def plan(self) -> Plan:
+        """The resolved plan (print it to see each choice and its reason)."""
+        return self._plan
+
+    @property
+    def accelerator(self) -> Accelerator:
+        return self._strategy.accelerator  # type: ignore[return-value]
+
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process runs on."""
+        return self._strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        return self._strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self._strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self._strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self._strategy.is_global_zero
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self._loggers
+
+    @property
+    def logger(self) -> Any:
+        """The first logger (the main one)."""
+        if not self._loggers:
+            raise UsageError(
+                "fabric.logger was read, but this Fabric has no logger. "
+                "Fix: Fabric(loggers=CSVLogger('logs')) or Fabric(loggers=[...])."
+            )
+        return self._loggers[0]
+
+    # ------------------------------------------------------------------------------ launching
+    def launch(self, function: Callable[..., Any] = _do_nothing, *args: Any, **kwargs: Any) -> Any:
+        """Start the processes the plan needs and run ``function(fabric, *args, **kwargs)`` in each.
+
+        In one process (or when fabric-run/torchrun already made the processes) this prepares the
+        device and calls ``function`` directly. Calling it twice is harmless.
+        """
+        if not callable(function):
+            raise ConfigurationError(
+                f"fabric.launch({function!r}) needs a function. Fix: fabric.launch() or fabric.launch(train) where "
+                f"train(fabric, ...) is your training function."
+            )
+        if function is not _do_nothing and not _accepts_an_argument(function):
+            raise ConfigurationError(
+                f"fabric.launch({getattr(function, '__name__', function)}) : the function takes no argument, but the "
+                f"launcher passes the Fabric object first. Fix: def {getattr(function, '__name__', 'train')}(fabric): ..."
+            )
+        self._setup_environment()
+        self._launched = True
+        if function is _do_nothing:
+            return None
+        return function(self, *args, **kwargs)
+
+    def _setup_environment(self) -> None:
+        if not self._environment_ready:
+            self._strategy.setup_environment()
+            rank_zero_only.rank = self._strategy.global_rank  # type: ignore[attr-defined]
+            self._environment_ready = True
+
+    # ------------------------------------------------------------------------------ set-up
+    def setup(
+        self,
+        module: nn.Module,
+        *optimizers: Optimizer,
+        scheduler: Any = None,
+        move_to_device: bool = True,
+        _reapply_compile: bool = True,
+    ) -> Any:
+        """Set up a model and its optimizers; returns ``(model, *optimizers)`` (plus ``scheduler`` if given).
+
+        Example:
+            >>> fabric = Fabric(accelerator="cpu")
+            >>> model = torch.nn.Linear(3, 1)
+            >>> model, opt = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        """
+        self._validate_setup_module(module, "setup")
+        self._validate_optimizers(optimizers, "setup")
+        self._setup_environment()
+        original = module
+        module = self._precision.convert_module(module)
+        if move_to_device:
+            module = self._move_to_device(module, optimizers)
+        if optimizers:
+            module, wrapped_optimizers = self._strategy.setup_module_and_optimizers(module, list(optimizers))
+        else:
+            module, wrapped_optimizers = self._strategy.setup_module(module), []
+        fabric_module = FabricModule(module, self._precision, original_module=original)
+        fabric_optimizers = [wrap_optimizer(o, self._strategy) for o in wrapped_optimizers]
+        self._models_setup += 1
+        if not fabric_optimizers:
+            return fabric_module if scheduler is None else (fabric_module, scheduler)
+        result: tuple[Any, ...] = (fabric_module, *fabric_optimizers)
+        return result if scheduler is None else (*result, scheduler)
+
+    def setup_module(self, module: nn.Module, move_to_device: bool = True, _reapply_compile: bool = True) -> FabricModule:
+        """Set up a model alone (for inference, or strategies that need the model before the optimizer)."""
+        return self.setup(module, move_to_device=move_to_device)
+
+    def setup_optimizers(self, *optimizers: Optimizer) -> FabricOptimizer | tuple[FabricOptimizer, ...]:
+        """Set up optimizers created after :meth:`setup_module`."""
+        if not optimizers:
+            raise ConfigurationError("fabric.setup_optimizers() got no optimizer. Fix: fabric.setup_optimizers(optimizer).")
+        self._validate_optimizers(optimizers, "setup_optimizers")
+        wrapped = [wrap_optimizer(self._strategy.setup_optimizer(o), self._strategy) for o in optimizers]
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def setup_dataloaders(
+        self, *dataloaders: DataLoader, use_distributed_sampler: bool = True, move_to_device: bool = True
+    ) -> Any:
+        """Wrap dataloaders so that batches arrive on the device (and, with several processes, each rank gets its part)."""
+        if not dataloaders:
+            raise ConfigurationError(
+                "fabric.setup_dataloaders() got no dataloader. Fix: fabric.setup_dataloaders(train_loader, val_loader)."
+            )
+        for loader in dataloaders:
+            if isinstance(loader, FabricDataLoader):
+                raise ConfigurationError(
+                    "fabric.setup_dataloaders() got a dataloader that is already set up. Fix: pass each dataloader once."
+                )
+            if not isinstance(loader, DataLoader):
+                raise ConfigurationError(
+                    f"fabric.setup_dataloaders() got a {type(loader).__name__}, but only torch.utils.data.DataLoader is "
+                    f"supported. Fix: wrap your data in DataLoader(dataset, batch_size=...)."
+                )
+        self._setup_environment()
+        wrapped = [self._setup_dataloader(d, use_distributed_sampler, move_to_device) for d in dataloaders]
+        return wrapped[0] if len(wrapped) == 1 else wrapped
+
+    def _setup_dataloader(self, dataloader: DataLoader, use_distributed_sampler: bool, move_to_device: bool) -> Any:
+        if os.environ.get(WORKERS_VARIABLE) == "1" and dataloader.num_workers > 0:
+            dataloader.worker_init_fn = _WorkerInit(self.global_rank, dataloader.worker_init_fn)
+        dataloader = self._strategy.process_dataloader(dataloader)
+        return FabricDataLoader(dataloader, device=self.device if move_to_device else None)
+
+    def _move_to_device(self, module: nn.Module, optimizers: Sequence[Optimizer]) -> nn.Module:
+        module = self._strategy.module_to_device(module)
+        device = self.device
+        for optimizer in optimizers:  # state loaded before setup must follow the parameters
+            for param_state in optimizer.state.values():
+                for key, value in list(param_state.items()):
+                    if isinstance(value, torch.Tensor) and key != "step":
+                        param_state[key] = value.to(device)
+        return module
+
+    def _validate_setup_module(self, module: Any, method: str) -> None:
+        if isinstance(module, FabricModule):
+            raise ConfigurationError(
+                f"fabric.{method}(model) got a model that is already set up. Fix: pass each model to setup only once."
+            )
+        if not isinstance(module, nn.Module):
+            raise ConfigurationError(
+                f"fabric.{method}() needs a torch.nn.Module first, got {type(module).__name__}. "
+                f"Fix: fabric.{method}(model{', optimizer' if method == 'setup' else ''})."
+            )
+
+    def _validate_optimizers(self, optimizers: Sequence[Any], method: str) -> None:
+        for optimizer in optimizers:
+            if isinstance(optimizer, FabricOptimizer):
+                raise ConfigurationError(
+                    f"fabric.{method}() got an optimizer that is already set up. Fix: pass each optimizer only once."
+                )
+            if not isinstance(optimizer, Optimizer):
+                raise ConfigurationError(
+                    f"fabric.{method}() got a {type(optimizer).__name__} where an optimizer was expected. "
+                    f"Fix: pass torch.optim optimizers after the model; pass an LR scheduler as scheduler=..."
+                )
+
+    # ------------------------------------------------------------------------------ training
+    def backward(self, tensor: torch.Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
+        """Use instead of ``loss.backward()``: applies loss scaling and strategy hooks."""
+        module = model._forward_module if isinstance(model, FabricModule) else model
+        self._strategy.backward(tensor, module, *args, **kwargs)
+
+    def clip_gradients(
+        self,
+        module: nn.Module | FabricModule,
+        optimizer: Optimizer | FabricOptimizer,
+        clip_val: float | int | None = None,
+        max_norm: float | int | None = None,
+        norm_type: float | int = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor | None:
+        """Clip gradients by value (``clip_val``) or by total norm (``max_norm``, returns the norm before clipping).
+
+        Gradients are unscaled first when a GradScaler is active.
+        """
+        if clip_val is not None and max_norm is not None:
+            raise ConfigurationError(
+                "fabric.clip_gradients(clip_val=..., max_norm=...) got both: they are two different algorithms. "
+                "Fix: pass only one of clip_val (by value) or max_norm (by norm)."
+            )
+        if clip_val is not None:
+            self._strategy.clip_gradients_value(unwrap(module), unwrap(optimizer), clip_val=clip_val)
+            return None
+        if max_norm is not None:
+            return self._strategy.clip_gradients_norm(
+                unwrap(module), unwrap(optimizer), max_norm=max_norm, norm_type=norm_type,
+                error_if_nonfinite=error_if_nonfinite,
+            )
+        raise ConfigurationError(
+            "fabric.clip_gradients(model, optimizer) needs clip_val or max_norm. "
+            "Fix: fabric.clip_gradients(model, optimizer, max_norm=1.0) or clip_val=0.5."
+        )
+
+    def autocast(self) -> ContextManager[Any]:
+        """The precision's forward context, for code that runs outside the set-up model's forward."""
+        return self._precision.forward_context()
+
+    def to_device(self, obj: Any) -> Any:
+        """Move a module, a tensor or a collection of tensors to this process's device."""
+        if isinstance(obj, nn.Module):
+            return self._strategy.module_to_device(obj)
+        return move_data_to_device(obj, self.device)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` only on local rank 0 (once per machine)."""
+        if self.local_rank == 0:
+            print(*args, **kwargs)
+
+    # ------------------------------------------------------------------------------ collectives
+    def barrier(self, name: str | None = None) -> None:
+        """Wait until every process reaches this point."""
+        self._strategy.barrier(name=name)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Send ``obj`` (a tensor or any picklable object) from rank ``src`` to every rank."""
+        return self._strategy.broadcast(obj, src=src)
+
+    def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
+        """Gather tensors (or numbers, or collections of them) from every rank; each result has a leading world_size dimension."""
+        data = convert_to_tensors(data, device=self.device)
+        return apply_to_collection(data, torch.Tensor, self._strategy.all_gather, group=group, sync_grads=sync_grads)
+
+    def all_reduce(self, data: Any, group: Any | None = None, reduce_op: str | Any = "mean") -> Any:
+        """Reduce tensors (or numbers, or collections) across ranks with ``sum``, ``mean``, ``max`` or ``min``."""
+        validate_reduce_op(reduce_op)
+        data = convert_to_tensors(data, device=self.device)
+        return apply_to_collection(data, torch.Tensor, self._strategy.all_reduce, group=group, reduce_op=reduce_op)
+
+    @contextlib.contextmanager
+    def rank_zero_first(self, local: bool = False) -> Generator[None, None, None]:
+        """Run the block on rank 0 (of the machine if ``local``) first, then on the others, e.g. to download data once."""
+        rank = self.local_rank if local else self.global_rank
+        if rank > 0:
+            self.barrier("rank_zero_first")
+        yield
+        if rank == 0:
+            self.barrier("rank_zero_first")
+
+    def no_backward_sync(self, module: FabricModule, enabled: bool = True) -> ContextManager[Any]:
+        """Skip gradient synchronisation inside the block (gradient accumulation); a no-op in one process."""
+        if not isinstance(module, FabricModule):
+            raise ConfigurationError(
+                "fabric.no_backward_sync(model) needs the model returned by fabric.setup(...). "
+                "Fix: model = fabric.setup(model, ...); with fabric.no_backward_sync(model): ..."
+            )
+        if not enabled:
+            return contextlib.nullcontext()
+        return self._strategy.no_backward_sync(module._forward_module, enabled)
+
+    # ------------------------------------------------------------------------------ creation
+    def init_module(self, empty_init: bool | None = None) -> ContextManager[Any]:
+        """Create modules directly on the device and in the precision's dtype.
+
+        With ``empty_init=True`` parameter initialisation is skipped (use when loading weights next).
+        """
+        self._setup_environment()
+        return self._strategy.module_init_context(empty_init=empty_init)
+
+    def init_tensor(self) -> ContextManager[Any]:
+        """Create tensors directly on the device and in the precision's dtype."""
+        return self._strategy.tensor_init_context()
+
+    def sharded_model(self) -> ContextManager[Any]:
+        """Deprecated spelling of :meth:`init_module`."""
+        rank_zero_warn("fabric.sharded_model() is deprecated: use fabric.init_module().", DeprecationWarning)
+        return self.init_module()
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save(self, path: str | Path, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None = None) -> None:
+        """Save modules, optimizers, stateful objects and plain values in ``state`` to ``path``, atomically.
+
+        ``filter`` maps a state key to ``fn(name, value) -> bool`` selecting entries of that object's state dict.
+        """
+        self._strategy.save_checkpoint(path, state, filter=filter)
+        self.barrier("save")
+
+    def load(
+        self,
+        path: str | Path,
+        state: dict[str, Any] | None = None,
+        strict: bool = True,
+        *,
+        weights_only: bool = True,
+    ) -> dict[str, Any]:
+        """Restore ``state`` in place from ``path`` and return what the checkpoint held beyond it.
+
+        With ``state=None`` the whole checkpoint is returned. ``weights_only=False`` allows arbitrary
+        pickles: use it only for files you trust.
+        """
+        remainder = self._strategy.load_checkpoint(path, state, strict=strict, weights_only=weights_only)
+        self.barrier("load")
+        return remainder
+
+    def load_raw(self, path: str | Path, obj: nn.Module | Optimizer, strict: bool = True, *, weights_only: bool = True) -> None:
+        """Load a bare state dict (as written by ``torch.save(model.state_dict())``) into a module or optimizer."""
+        if not isinstance(unwrap(obj), (nn.Module, Optimizer)):
+            raise ConfigurationError(
+                f"fabric.load_raw(path, {type(obj).__name__}) only loads into a torch.nn.Module or an Optimizer. "
+                f"Fix: use fabric.load(path, {{'name': obj}}) for other objects."
+            )
+        self._strategy.load_checkpoint(path, obj, strict=strict, weights_only=weights_only)  # type: ignore[arg-type]
+        self.barrier("load_raw")
+
+    # ------------------------------------------------------------------------------ callbacks, logging
+    def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``hook_name(*args, **kwargs)`` on every callback that defines it."""
+        for callback in self._callbacks:
+            method = getattr(callback, hook_name, None)
+            if method is None:
+                continue
+            if not callable(method):
+                rank_zero_warn(f"Skipping callback {type(callback).__name__}.{hook_name}: it is not callable.")
+                continue
+            method(*args, **kwargs)
+
+    def log(self, name: str, value: Any, step: int | None = None) -> None:
+        """Log one scalar (number or one-element tensor) to every logger."""
+        self.log_dict({name: value}, step=step)
+
+    def log_dict(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log several scalars to every logger."""
+        scalars = convert_tensors_to_scalars(dict(metrics))
+        for logger in self._loggers:
+            logger.log_metrics(metrics=scalars, step=step)
+
+    @staticmethod
+    def seed_everything(seed: int | None = None, workers: bool | None = None, verbose: bool = True) -> int:
+        """Seed Python, NumPy and torch; ``workers=True`` also seeds dataloader workers distinctly."""
+        return _seed_everything(seed, workers=bool(workers), verbose=verbose)
+
+    def __repr__(self) -> str:
+        return f"Fabric(strategy={self._strategy!r}, world_size={self.world_size})"
+
+
+def _accepts_an_argument(function: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters)
+

@@ -1,0 +1,193 @@
+"""The ``Logger`` interface every fabric_lite logger implements, and the helpers loggers share.
+
+Helpers: ``version_N`` folder numbering, hyperparameter conversion and flattening, metric-key
+prefixes, and turning one-element tensors into Python floats.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from argparse import Namespace
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from fabric_lite.errors import ConfigurationError
+
+_VERSION_FOLDER = re.compile(r"^version_(\d+)$")
+
+
+class Logger(ABC):
+    """Base class of the experiment loggers (same names and signatures as ``lightning.fabric.loggers.Logger``).
+
+    Example:
+        >>> class PrintLogger(Logger):
+        ...     name, version = "print", 0
+        ...     def log_metrics(self, metrics, step=None):
+        ...         print(step, dict(metrics))
+        ...     def log_hyperparams(self, params, *args, **kwargs):
+        ...         pass
+        >>> PrintLogger().log_metrics({"loss": 0.5}, step=3)
+        3 {'loss': 0.5}
+    """
+
+    @property
+    @abstractmethod
+    def name(self) -> str | None:
+        """The experiment name."""
+
+    @property
+    @abstractmethod
+    def version(self) -> int | str | None:
+        """The experiment version."""
+
+    @property
+    def root_dir(self) -> str | None:
+        """The folder that holds the version folders, or None if the logger writes no local files."""
+        return None
+
+    @property
+    def log_dir(self) -> str | None:
+        """The folder this run writes into, or None if the logger writes no local files."""
+        return None
+
+    @property
+    def group_separator(self) -> str:
+        """The character that separates a metric group from its name, e.g. ``"train/loss"``."""
+        return "/"
+
+    @abstractmethod
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Record ``metrics`` (name -> number) at ``step``."""
+
+    @abstractmethod
+    def log_hyperparams(self, params: Mapping[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+        """Record the run's hyperparameters (a dict, possibly nested, or an ``argparse.Namespace``)."""
+
+    def log_graph(self, model: nn.Module, input_array: torch.Tensor | None = None) -> None:
+        """Record the model's computation graph; loggers that cannot do so ignore the call."""
+
+    def save(self) -> None:
+        """Write whatever is buffered to disk."""
+
+    def finalize(self, status: str) -> None:
+        """Finish the run (``status`` is e.g. "success", "failed" or "aborted"); the default saves."""
+        self.save()
+
+
+class _DummyExperiment:
+    """Stands in for the real experiment object on processes other than global rank 0: every call does nothing."""
+
+    def _nothing(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return self._nothing
+
+    def __getitem__(self, index: Any) -> _DummyExperiment:
+        return self
+
+
+def next_version(directory: str) -> int:
+    """The next free number N for a ``version_N`` folder inside ``directory`` (0 if there is none yet).
+
+    Example:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> os.makedirs(os.path.join(root, "version_4"))
+        >>> next_version(root), next_version(os.path.join(root, "absent"))
+        (5, 0)
+    """
+    if not os.path.isdir(directory):
+        return 0
+    numbers = [
+        int(match.group(1))
+        for entry in os.listdir(directory)
+        if (match := _VERSION_FOLDER.match(entry)) and os.path.isdir(os.path.join(directory, entry))
+    ]
+    return max(numbers) + 1 if numbers else 0
+
+
+def version_folder(version: int | str) -> str:
+    """The folder name of a version: a string is used as given, a number N becomes ``version_N``.
+
+    Example:
+        >>> version_folder(3), version_folder("baseline")
+        ('version_3', 'baseline')
+    """
+    return version if isinstance(version, str) else f"version_{version}"
+
+
+def convert_params(params: Mapping[str, Any] | Namespace | None) -> dict[str, Any]:
+    """Turn hyperparameters given as a mapping, an ``argparse.Namespace`` or None into a plain dict.
+
+    Example:
+        >>> convert_params(Namespace(lr=0.1)), convert_params(None)
+        ({'lr': 0.1}, {})
+    """
+    if params is None:
+        return {}
+    if isinstance(params, Namespace):
+        return vars(params).copy()
+    if isinstance(params, Mapping):
+        return dict(params)
+    raise ConfigurationError(
+        f"log_hyperparams(params={type(params).__name__}) is not supported: params must be a dict or an "
+        f"argparse.Namespace. Fix: pass a dict, e.g. log_hyperparams({{'lr': 0.1}})."
+    )
+
+
+def flatten_dict(params: Mapping[str, Any], delimiter: str = "/", parent_key: str = "") -> dict[str, Any]:
+    """Flatten nested mappings (and Namespaces) into one level, joining the keys with ``delimiter``.
+
+    Example:
+        >>> flatten_dict({"optim": {"lr": 0.1, "betas": (0.9, 0.99)}, "seed": 1})
+        {'optim/lr': 0.1, 'optim/betas': (0.9, 0.99), 'seed': 1}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        full_key = f"{parent_key}{delimiter}{key}" if parent_key else str(key)
+        if isinstance(value, Namespace):
+            value = vars(value)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_dict(value, delimiter, full_key))
+        else:
+            flat[full_key] = value
+    return flat
+
+
+def add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> dict[str, Any]:
+    """Put ``prefix`` and ``separator`` in front of every key (no change if ``prefix`` is empty).
+
+    Example:
+        >>> add_prefix({"loss": 1.0}, "train", "-")
+        {'train-loss': 1.0}
+    """
+    if not prefix:
+        return dict(metrics)
+    return {f"{prefix}{separator}{key}": value for key, value in metrics.items()}
+
+
+def to_python_scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace one-element tensors by Python floats (recursing into dict values); other values stay.
+
+    Example:
+        >>> to_python_scalars({"loss": torch.tensor(0.5), "epoch": 2, "acc": {"val": torch.tensor([1])}})
+        {'loss': 0.5, 'epoch': 2, 'acc': {'val': 1.0}}
+    """
+    converted: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            value = to_python_scalars(value)
+        elif isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ConfigurationError(
+                    f"log_metrics got a tensor of shape {tuple(value.shape)} for {key!r}, but a metric is one number. "
+                    f"Fix: log a reduction such as {key}.mean(), or one key per element."
+                )
+            value = float(value.item())
+        converted[key] = value
+    return converted

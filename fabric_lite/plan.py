@@ -1,0 +1,469 @@
+"""Resolve the user's arguments plus the environment into a frozen Plan, with the reason for each choice.
+
+All argument resolution happens here and only here (DESIGN.md, "How choices are made"):
+
+1. Normalise: lower-case strings, map aliases; an instance beats a string; an instance plus a
+   conflicting string is an error. ``FABRIC_LITE_*`` settings handed over by ``fabric-run`` are read here.
+2. Accelerator: "auto" is the first available of xla, cuda, mps, cpu.
+3. Environment: the first of torchelastic, (slurm, xla) whose ``detect()`` is true, else local.
+4. Strategy: "auto" is single_device at world size 1, else the accelerator's default.
+5. Precision and launcher: table look-ups.
+6. Validate against one table of unsupported combinations, each with its fix.
+
+``resolve`` reads nothing but its arguments: the environment and the device counts are passed in
+(``env`` and ``available``) and default to ``os.environ`` and a probe of this process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from fabric_lite.accelerators import AUTO_ORDER, Accelerator, probe_available
+from fabric_lite.environments.base import ClusterEnvironment
+from fabric_lite.errors import ConfigurationError, FabricEnvironmentError, choices_error
+from fabric_lite.precision.base import Precision
+from fabric_lite.registry import ACCELERATORS, ENVIRONMENTS, PRECISIONS, STRATEGIES
+from fabric_lite.strategies.base import Strategy
+
+#: The variables ``fabric-run`` uses to hand settings to the script, by Fabric argument.
+HANDOVER = {
+    "accelerator": "FABRIC_LITE_ACCELERATOR",
+    "strategy": "FABRIC_LITE_STRATEGY",
+    "devices": "FABRIC_LITE_DEVICES",
+    "num_nodes": "FABRIC_LITE_NUM_NODES",
+    "precision": "FABRIC_LITE_PRECISION",
+}
+_DEFAULTS: dict[str, Any] = {"accelerator": "auto", "strategy": "auto", "devices": "auto", "num_nodes": 1, "precision": None}
+
+# The order in which environments are detected; the last always matches.
+_ENVIRONMENT_ORDER = ("torchelastic", "local")
+# strategy="auto" with more than one process, by accelerator.
+_MULTI_PROCESS_DEFAULT = {"cpu": "ddp", "cuda": "ddp", "mps": "ddp", "xla": "xla"}
+_SINGLE_PROCESS_DEFAULT = {"xla": "single_xla"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What will run, decided once: names, device indices, sizes, the reasons, and any user instances."""
+
+    accelerator: str
+    strategy: str
+    precision: str
+    cluster_environment: str
+    launcher: str
+    devices: tuple[int, ...]
+    num_nodes: int
+    reasons: Mapping[str, str]
+    accelerator_instance: Accelerator | None = field(default=None, repr=False, compare=False)
+    strategy_instance: Strategy | None = field(default=None, repr=False, compare=False)
+    precision_instance: Precision | None = field(default=None, repr=False, compare=False)
+    environment_instance: ClusterEnvironment | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    @property
+    def world_size(self) -> int:
+        return self.num_devices * self.num_nodes
+
+    def table(self) -> str:
+        """The plan as an aligned text table: component, choice, reason."""
+        rows = [
+            ("accelerator", self.accelerator),
+            ("strategy", self.strategy),
+            ("precision", self.precision),
+            ("cluster_environment", self.cluster_environment),
+            ("launcher", self.launcher),
+            ("devices", ",".join(map(str, self.devices))),
+            ("num_nodes", str(self.num_nodes)),
+        ]
+        width = max(len(name) for name, _ in rows)
+        choice_width = max(len(choice) for _, choice in rows)
+        lines = [f"{'component'.ljust(width)}  {'choice'.ljust(choice_width)}  reason"]
+        lines += [f"{name.ljust(width)}  {choice.ljust(choice_width)}  {self.reasons.get(name, '')}" for name, choice in rows]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def resolve(
+    *,
+    accelerator: str | Accelerator = "auto",
+    strategy: str | Strategy = "auto",
+    devices: int | str | Sequence[int] = "auto",
+    num_nodes: int = 1,
+    precision: str | int | None = None,
+    plugins: Any = None,
+    env: Mapping[str, str] | None = None,
+    available: Mapping[str, int] | None = None,
+) -> Plan:
+    """Turn Fabric's constructor arguments into a Plan.
+
+    Args:
+        accelerator, strategy, devices, num_nodes, precision, plugins: as ``Fabric(...)``.
+        env: the process environment (default ``os.environ``).
+        available: device count per present accelerator (default: probe this process). Tests pass
+            e.g. ``{"cpu": 1, "cuda": 4}`` to plan for hardware this machine lacks.
+
+    Example:
+        >>> plan = resolve(accelerator="cpu", precision="bf16", env={}, available={"cpu": 1})
+        >>> plan.strategy, plan.precision
+        ('single_device', 'bf16-mixed')
+    """
+    env = os.environ if env is None else env
+    available = probe_available() if available is None else dict(available)
+    reasons: dict[str, str] = {}
+    given = {"accelerator": accelerator, "strategy": strategy, "devices": devices, "num_nodes": num_nodes, "precision": precision}
+    given = _apply_handover(given, env, reasons)
+
+    precision_plugin, environment_plugin = _split_plugins(plugins, given["precision"])
+    accelerator_instance = given["accelerator"] if isinstance(given["accelerator"], Accelerator) else None
+    strategy_instance = given["strategy"] if isinstance(given["strategy"], Strategy) else None
+
+    accelerator_name = _resolve_accelerator(given["accelerator"], strategy_instance, available, reasons)
+    device_indices = _resolve_devices(given["devices"], accelerator_name, available, reasons)
+    nodes = _resolve_num_nodes(given["num_nodes"], reasons)
+    environment_name = _resolve_environment(environment_plugin, env, reasons)
+    world_size = len(device_indices) * nodes
+    strategy_name = _resolve_strategy(given["strategy"], accelerator_name, world_size, environment_name, reasons)
+    if strategy_instance is not None and precision_plugin is None:
+        precision_plugin = _strategy_precision(strategy_instance, given["precision"], reasons)
+    precision_name = _resolve_precision(given["precision"], precision_plugin, reasons)
+    launcher = _resolve_launcher(environment_name, environment_plugin, world_size, reasons)
+
+    plan = Plan(
+        accelerator=accelerator_name,
+        strategy=strategy_name,
+        precision=precision_name,
+        cluster_environment=environment_name,
+        launcher=launcher,
+        devices=device_indices,
+        num_nodes=nodes,
+        reasons=reasons,
+        accelerator_instance=accelerator_instance,
+        strategy_instance=strategy_instance,
+        precision_instance=precision_plugin,
+        environment_instance=environment_plugin,
+    )
+    _validate(plan)
+    return plan
+
+
+# --------------------------------------------------------------------------------- step 1
+def _normalise(name: str, value: Any) -> Any:
+    if name in ("accelerator", "strategy", "precision") and isinstance(value, str):
+        return value.strip().lower()
+    return value
+
+
+def _apply_handover(given: dict[str, Any], env: Mapping[str, str], reasons: dict[str, str]) -> dict[str, Any]:
+    """Take settings from FABRIC_LITE_* variables; an explicit argument that disagrees is an error."""
+    result = {name: _normalise(name, value) for name, value in given.items()}
+    for name, variable in HANDOVER.items():
+        if variable not in env:
+            continue
+        handed = _normalise(name, env[variable])
+        ours = result[name]
+        if ours == _DEFAULTS[name] or ours is None:
+            result[name] = handed
+            reasons[name] = f"from {variable}={env[variable]} (set by fabric-run)"
+        elif str(ours).replace(" ", "") != str(handed).replace(" ", "") and not _same_alias(name, ours, handed):
+            raise ConfigurationError(
+                f"Fabric({name}={given[name]!r}) conflicts with {variable}={env[variable]!r} set by fabric-run. "
+                f"Fix: drop the argument from Fabric(...) to use the command-line value, or run "
+                f"fabric-run with --{name.replace('_', '-')}={given[name]}."
+            )
+    return result
+
+
+def _same_alias(name: str, a: Any, b: Any) -> bool:
+    registry = {"precision": PRECISIONS, "strategy": STRATEGIES, "accelerator": ACCELERATORS}.get(name)
+    return registry is not None and registry.canonical(a) is not None and registry.canonical(a) == registry.canonical(b)
+
+
+def _split_plugins(plugins: Any, precision: Any) -> tuple[Precision | None, ClusterEnvironment | None]:
+    if plugins is None:
+        return None, None
+    items = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    precision_plugins = [p for p in items if isinstance(p, Precision)]
+    environments = [p for p in items if isinstance(p, ClusterEnvironment)]
+    unknown = [p for p in items if not isinstance(p, (Precision, ClusterEnvironment))]
+    if unknown:
+        raise ConfigurationError(
+            f"Fabric(plugins=[{', '.join(type(p).__name__ for p in unknown)}]) is not a supported plugin. "
+            f"Choose instances of: Precision, ClusterEnvironment. Fix: pass precision names as precision='bf16-mixed'."
+        )
+    for kind, found in (("precision plugin", precision_plugins), ("cluster environment", environments)):
+        if len(found) > 1:
+            raise ConfigurationError(
+                f"Fabric(plugins=[...]) received {len(found)} {kind}s ({', '.join(type(p).__name__ for p in found)}); "
+                f"only one can be active. Fix: pass just one."
+            )
+    precision_plugin = precision_plugins[0] if precision_plugins else None
+    if precision_plugin is not None and precision is not None:
+        raise ConfigurationError(
+            f"Fabric(precision={precision!r}, plugins=[{type(precision_plugin).__name__}(...)]) sets the precision "
+            f"twice. Fix: drop precision=... and keep the plugin, or drop the plugin."
+        )
+    return precision_plugin, environments[0] if environments else None
+
+
+# --------------------------------------------------------------------------------- step 2
+def _resolve_accelerator(
+    value: Any, strategy_instance: Strategy | None, available: Mapping[str, int], reasons: dict[str, str]
+) -> str:
+    if isinstance(value, Accelerator):
+        reasons.setdefault("accelerator", "an Accelerator instance was passed")
+        return value.name or type(value).__name__
+    if not isinstance(value, str):
+        raise choices_error(f"Fabric(accelerator={value!r})", "accelerator", ["auto", "gpu", *ACCELERATORS.names()])
+    strategy_device = getattr(strategy_instance, "_root_device", None) if strategy_instance is not None else None
+    if value == "auto":
+        if strategy_device is not None:
+            reasons.setdefault("accelerator", f"the device of the strategy instance ({strategy_device})")
+            return strategy_device.type
+        name = next(n for n in AUTO_ORDER if available.get(n, 0) > 0 or n == "cpu")
+        reasons.setdefault("accelerator", f"auto: first available of {', '.join(AUTO_ORDER)}")
+        return name
+    if value == "gpu":
+        for name in ("cuda", "mps"):
+            if available.get(name, 0) > 0:
+                reasons.setdefault("accelerator", f"'gpu' means the GPU present: {name}")
+                return name
+        raise FabricEnvironmentError(
+            f"Fabric(accelerator='gpu') found no GPU: neither CUDA nor MPS is available in this process. "
+            f"Available: {', '.join(sorted(available))}. Fix: use accelerator='cpu' or 'auto'."
+        )
+    name = ACCELERATORS.canonical(value)
+    if name is None:
+        raise choices_error(f"Fabric(accelerator={value!r})", "accelerator", ["auto", "gpu", *ACCELERATORS.names()])
+    if available.get(name, 0) <= 0 and name != "cpu":
+        raise FabricEnvironmentError(
+            f"Fabric(accelerator={value!r}) cannot run here: no {name} device is available in this process. "
+            f"Available: {', '.join(sorted(available))}. Fix: use accelerator='auto' or one of those."
+        )
+    if strategy_device is not None and strategy_device.type != name:
+        raise ConfigurationError(
+            f"Fabric(accelerator={value!r}, strategy={type(strategy_instance).__name__}(device={str(strategy_device)!r})) "
+            f"asks for two different devices. Fix: drop accelerator=..., or give the strategy a {name} device."
+        )
+    reasons.setdefault("accelerator", "requested")
+    return name
+
+
+# --------------------------------------------------------------------------------- devices
+def _resolve_devices(value: Any, accelerator: str, available: Mapping[str, int], reasons: dict[str, str]) -> tuple[int, ...]:
+    asked = f"Fabric(devices={value!r})"
+    count = available.get(accelerator, 0)
+    is_cpu = accelerator == "cpu"
+    if isinstance(value, str):
+        text = value.strip().strip("[]").replace(" ", "")
+        if text == "auto":
+            value = "auto"
+        elif text.lstrip("-").isdigit():
+            value = int(text)
+        elif text and all(part.isdigit() for part in text.split(",") if part) and "," in text:
+            value = [int(part) for part in text.split(",") if part]
+        else:
+            raise ConfigurationError(
+                f"{asked} is not a device count or a list of device indices. "
+                f"Choose one of: 'auto', a positive int such as 2, -1 for all devices, or indices such as '0,1'."
+            )
+    if value == "auto":
+        number = 1 if is_cpu else max(count, 1)
+        reasons.setdefault("devices", "auto: one process on CPU" if is_cpu else f"auto: all {number} {accelerator} devices")
+        return tuple(range(number))
+    if isinstance(value, bool) or not isinstance(value, (int, list, tuple)):
+        raise ConfigurationError(
+            f"{asked} has the wrong type ({type(value).__name__}). "
+            f"Choose one of: 'auto', a positive int, -1 for all devices, or a list of indices."
+        )
+    if isinstance(value, int):
+        if value == -1:
+            if is_cpu:
+                raise ConfigurationError(
+                    f"{asked} means 'all devices', which is not defined for the CPU (devices counts processes). "
+                    f"Fix: give the number of processes, e.g. devices=2."
+                )
+            reasons.setdefault("devices", f"-1: all {count} {accelerator} devices")
+            return tuple(range(count))
+        if value < -1:
+            raise ConfigurationError(
+                f"{asked} is negative. Choose one of: 'auto', a positive int, -1 for all devices, or a list of indices."
+            )
+        if value == 0:
+            raise ConfigurationError(
+                f"{asked} asks for no device at all. Fix: devices=1 (or more), or 'auto'."
+            )
+        if not is_cpu and value > count:
+            raise FabricEnvironmentError(
+                f"{asked} asks for {value} {accelerator} devices but only {count} are available. "
+                f"Fix: devices={count} or devices=-1."
+            )
+        reasons.setdefault("devices", "requested")
+        return tuple(range(value))
+    indices = list(value)
+    if is_cpu:
+        raise ConfigurationError(
+            f"{asked} lists device indices, but on the CPU devices counts processes. Fix: devices={len(indices)}."
+        )
+    if not indices or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+        raise ConfigurationError(f"{asked} must be a non-empty list of device indices such as [0, 1].")
+    bad = [i for i in indices if not 0 <= i < count]
+    if bad or len(set(indices)) != len(indices):
+        raise FabricEnvironmentError(
+            f"{asked} names {accelerator} devices that do not exist or repeat: {bad or indices}. "
+            f"Available indices: {list(range(count))}. Fix: choose distinct indices from that list."
+        )
+    reasons.setdefault("devices", "requested indices")
+    return tuple(indices)
+
+
+def _resolve_num_nodes(value: Any, reasons: dict[str, str]) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"Fabric(num_nodes={value!r}) must be a positive int. Fix: num_nodes=1 for one machine.")
+    reasons.setdefault("num_nodes", "requested" if value != 1 else "default: one machine")
+    return value
+
+
+# --------------------------------------------------------------------------------- step 3
+def _resolve_environment(plugin: ClusterEnvironment | None, env: Mapping[str, str], reasons: dict[str, str]) -> str:
+    if plugin is not None:
+        reasons["cluster_environment"] = "a ClusterEnvironment plugin was passed"
+        return plugin.name or type(plugin).__name__
+    for name in _ENVIRONMENT_ORDER:
+        if ENVIRONMENTS.get(name, asked=name).load().detect(env):
+            reasons["cluster_environment"] = (
+                "no launcher variables found" if name == "local" else f"detected {name} variables"
+            )
+            return name
+    raise AssertionError("the local environment always matches")
+
+
+# --------------------------------------------------------------------------------- step 4
+def _resolve_strategy(value: Any, accelerator: str, world_size: int, environment: str, reasons: dict[str, str]) -> str:
+    if isinstance(value, Strategy):
+        reasons.setdefault("strategy", "a Strategy instance was passed")
+        return value.name or type(value).__name__
+    if not isinstance(value, str):
+        raise choices_error(f"Fabric(strategy={value!r})", "strategy", ["auto", *STRATEGIES.names()])
+    if value == "auto":
+        if world_size == 1 and environment == "local":
+            name = _SINGLE_PROCESS_DEFAULT.get(accelerator, "single_device")
+            reasons.setdefault("strategy", "auto: one process")
+        else:
+            name = _MULTI_PROCESS_DEFAULT.get(accelerator, "ddp")
+            reasons.setdefault("strategy", f"auto: {world_size} processes on {accelerator}")
+        if name not in STRATEGIES:
+            raise ConfigurationError(
+                f"Fabric(strategy='auto') chose {name!r} for {world_size} process(es) on {accelerator}, but this "
+                f"version of fabric_lite does not provide it yet. Available strategies: {', '.join(STRATEGIES.names())}. "
+                f"Fix: run one process (devices=1)."
+            )
+        return name
+    entry = STRATEGIES.get(value, asked=f"Fabric(strategy={value!r})")
+    reasons.setdefault("strategy", "requested")
+    return entry.name
+
+
+# --------------------------------------------------------------------------------- step 5
+def _strategy_precision(strategy: Strategy, asked: Any, reasons: dict[str, str]) -> Precision | None:
+    """A strategy instance's own precision plugin is used unless the user asked for another one."""
+    own = strategy.precision
+    if type(own) is Precision:  # the base class: the instance was given no precision
+        return None
+    if asked is not None and PRECISIONS.canonical(asked) != own.name:
+        raise ConfigurationError(
+            f"Fabric(precision={asked!r}, strategy={type(strategy).__name__}(precision={type(own).__name__}('{own.name}'))) "
+            f"sets the precision twice. Fix: drop precision=... or create the strategy without a precision."
+        )
+    reasons["precision"] = "the strategy instance's precision"
+    return own
+
+
+def _resolve_precision(value: Any, plugin: Precision | None, reasons: dict[str, str]) -> str:
+    if plugin is not None:
+        reasons.setdefault("precision", "a Precision plugin was passed")
+        return plugin.name
+    if value is None:
+        reasons.setdefault("precision", "default: full fp32")
+        return "32-true"
+    entry = PRECISIONS.get(value, asked=f"Fabric(precision={value!r})")
+    reasons.setdefault("precision", "requested" if str(value) == entry.name else f"alias {value!r} of {entry.name}")
+    return entry.name
+
+
+def _resolve_launcher(
+    environment: str, plugin: ClusterEnvironment | None, world_size: int, reasons: dict[str, str]
+) -> str:
+    external = plugin.creates_processes_externally if plugin is not None else environment != "local"
+    if external:
+        reasons["launcher"] = f"processes already made by {environment}"
+        return "external"
+    if world_size == 1:
+        reasons["launcher"] = "one process: nothing to launch"
+        return "none"
+    reasons["launcher"] = "the strategy's default"
+    return "subprocess"
+
+
+# --------------------------------------------------------------------------------- step 6
+# (predicate, message) pairs; the message is "what you asked -> why -> Fix:".
+_UNSUPPORTED: list[tuple[Callable[[Plan], bool], Callable[[Plan], str]]] = [
+    (
+        lambda p: p.strategy == "single_device" and p.world_size > 1,
+        lambda p: (
+            f"Fabric(strategy='single_device', devices={p.num_devices}, num_nodes={p.num_nodes}) asks for "
+            f"{p.world_size} processes, but single_device runs exactly one. Fix: devices=1, or a multi-process strategy."
+        ),
+    ),
+    (
+        lambda p: p.accelerator == "mps" and p.precision == "64-true",
+        lambda p: (
+            "Fabric(accelerator='mps', precision='64-true') cannot work: MPS has no float64. "
+            "Fix: precision='32-true', or accelerator='cpu' for float64."
+        ),
+    ),
+    (
+        lambda p: p.accelerator == "mps" and p.num_devices > 1,
+        lambda p: f"Fabric(accelerator='mps', devices={p.num_devices}): a Mac has one MPS device. Fix: devices=1.",
+    ),
+]
+
+
+def _validate(plan: Plan) -> None:
+    for predicate, message in _UNSUPPORTED:
+        if predicate(plan):
+            raise ConfigurationError(message(plan))
+
+
+# --------------------------------------------------------------------------------- building
+def instantiate(plan: Plan) -> Strategy:
+    """Create the accelerator, precision, environment and strategy objects the plan names, wired together."""
+    accelerator = plan.accelerator_instance or ACCELERATORS.get(plan.accelerator, asked=plan.accelerator).create()
+    device_type = accelerator.get_device(plan.devices[0]).type if plan.accelerator != "xla" else "xla"
+    precision = plan.precision_instance or PRECISIONS.get(plan.precision, asked=plan.precision).create(device=device_type)
+    environment = plan.environment_instance or ENVIRONMENTS.get(plan.cluster_environment, asked="").create()
+    if plan.strategy_instance is not None:
+        strategy = plan.strategy_instance
+        strategy.accelerator = strategy.accelerator or accelerator
+        strategy.precision = precision
+        if plan.environment_instance is not None:
+            strategy.cluster_environment = environment
+        return strategy
+    local_index = plan.devices[environment.local_rank() % plan.num_devices] if plan.num_devices else 0
+    return STRATEGIES.get(plan.strategy, asked=plan.strategy).create(
+        device=accelerator.get_device(local_index),
+        accelerator=accelerator,
+        precision=precision,
+        cluster_environment=environment,
+        parallel_devices=[accelerator.get_device(i) for i in plan.devices],
+        num_nodes=plan.num_nodes,
+    )

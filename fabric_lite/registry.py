@@ -1,0 +1,122 @@
+"""Name -> factory tables with lazy imports; a miss lists the valid names.
+
+Factories are given as ``"module:attribute"`` strings so that registering a strategy or accelerator
+never imports its (possibly heavy, possibly absent) dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from fabric_lite.errors import choices_error
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: where its factory lives, its default arguments and a one-line description."""
+
+    name: str
+    target: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def load(self) -> Callable[..., Any]:
+        module_name, _, attribute = self.target.partition(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+    def create(self, **context: Any) -> Any:
+        """Call the factory with its registered arguments plus those of ``context`` it accepts."""
+        factory = self.load()
+        parameters = inspect.signature(factory).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        accepted = {k: v for k, v in context.items() if takes_any or k in parameters}
+        return factory(**{**accepted, **self.kwargs})
+
+
+class Registry:
+    """A table of names for one kind of component (accelerator, strategy, precision, ...).
+
+    Example:
+        >>> reg = Registry("strategy")
+        >>> reg.register("single_device", "fabric_lite.strategies.single_device:SingleDeviceStrategy")
+        >>> "single_device" in reg
+        True
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(
+        self,
+        name: str,
+        target: str,
+        *,
+        aliases: tuple[Any, ...] = (),
+        description: str = "",
+        **kwargs: Any,
+    ) -> None:
+        self._entries[name] = Entry(name, target, dict(kwargs), description)
+        for alias in aliases:
+            self._aliases[str(alias).lower()] = name
+
+    def canonical(self, name: Any) -> str | None:
+        """The registered name for ``name`` or one of its aliases, or None."""
+        key = str(name).strip().lower()
+        if key in self._entries:
+            return key
+        return self._aliases.get(key)
+
+    def get(self, name: Any, *, asked: str) -> Entry:
+        canonical = self.canonical(name)
+        if canonical is None:
+            raise choices_error(asked, self.kind, self.names())
+        return self._entries[canonical]
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return self.canonical(name) is not None
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables. Names and aliases follow Lightning Fabric so that scripts move over unchanged.
+
+ACCELERATORS = Registry("accelerator")
+ACCELERATORS.register("cpu", "fabric_lite.accelerators:CPUAccelerator", description="the CPU; devices counts processes")
+ACCELERATORS.register("cuda", "fabric_lite.accelerators:CUDAAccelerator", description="NVIDIA/AMD GPUs via torch.cuda")
+ACCELERATORS.register("mps", "fabric_lite.accelerators:MPSAccelerator", description="Apple silicon GPU")
+ACCELERATORS.register("xla", "fabric_lite.accelerators:XLAAccelerator", aliases=("tpu",), description="XLA devices via torch_xla")
+
+STRATEGIES = Registry("strategy")
+STRATEGIES.register(
+    "single_device", "fabric_lite.strategies.single_device:SingleDeviceStrategy", description="one process, one device"
+)
+
+PRECISIONS = Registry("precision")
+PRECISIONS.register("32-true", "fabric_lite.precision.base:Precision", aliases=(32, "32"), description="fp32")
+PRECISIONS.register("64-true", "fabric_lite.precision.true:DoublePrecision", aliases=(64, "64"), description="fp64")
+PRECISIONS.register(
+    "16-mixed", "fabric_lite.precision.amp:MixedPrecision", aliases=(16, "16"), precision="16-mixed",
+    description="fp16 autocast + GradScaler",
+)
+PRECISIONS.register(
+    "bf16-mixed", "fabric_lite.precision.amp:MixedPrecision", aliases=("bf16",), precision="bf16-mixed",
+    description="bf16 autocast",
+)
+PRECISIONS.register("16-true", "fabric_lite.precision.true:HalfPrecision", precision="16-true", description="fp16 weights")
+PRECISIONS.register(
+    "bf16-true", "fabric_lite.precision.true:HalfPrecision", precision="bf16-true", description="bf16 weights"
+)
+
+ENVIRONMENTS = Registry("cluster environment")
+ENVIRONMENTS.register("torchelastic", "fabric_lite.environments.torchelastic:TorchElasticEnvironment")
+ENVIRONMENTS.register("local", "fabric_lite.environments.local:LocalEnvironment")

@@ -1,0 +1,6 @@
+"""Small helpers shared by the package: seeding, rank-zero helpers, collection mapping."""
+
+from fabric_lite.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
+from fabric_lite.utilities.seed import seed_everything
+
+__all__ = ["rank_zero_info", "rank_zero_only", "rank_zero_warn", "seed_everything"]
