@@ -130,6 +130,10 @@ def resolve(
     nodes = _resolve_num_nodes(given["num_nodes"], reasons)
     environment_name = _resolve_environment(environment_plugin, env, reasons)
     world_size = len(device_indices) * nodes
+    if environment_name != "local" or environment_plugin is not None:
+        # Processes made by someone else: their count, not ours, decides one process or many.
+        made = environment_plugin or ENVIRONMENTS.get(environment_name, asked=environment_name).create(env=env)
+        world_size = made.world_size()
     strategy_name = _resolve_strategy(given["strategy"], accelerator_name, world_size, environment_name, reasons)
     if strategy_instance is not None and precision_plugin is None:
         precision_plugin = _strategy_precision(strategy_instance, given["precision"], reasons)
@@ -179,6 +183,13 @@ def _apply_handover(given: dict[str, Any], env: Mapping[str, str], reasons: dict
                 f"fabric-run with --{name.replace('_', '-')}={given[name]}."
             )
     return result
+
+
+def _asked(name: str, value: Any, reasons: Mapping[str, str]) -> str:
+    """How to name the user's request in an error: the argument, or the variable fabric-run set."""
+    if reasons.get(name, "").startswith("from FABRIC_LITE_"):
+        return f"{HANDOVER[name]}={value!r} (set by fabric-run)"
+    return f"Fabric({name}={value!r})"
 
 
 def _same_alias(name: str, a: Any, b: Any) -> bool:
@@ -241,7 +252,7 @@ def _resolve_accelerator(
         )
     name = ACCELERATORS.canonical(value)
     if name is None:
-        raise choices_error(f"Fabric(accelerator={value!r})", "accelerator", ["auto", "gpu", *ACCELERATORS.names()])
+        raise choices_error(_asked("accelerator", value, reasons), "accelerator", ["auto", "gpu", *ACCELERATORS.names()])
     if available.get(name, 0) <= 0 and name != "cpu":
         raise FabricEnvironmentError(
             f"Fabric(accelerator={value!r}) cannot run here: no {name} device is available in this process. "
@@ -258,17 +269,20 @@ def _resolve_accelerator(
 
 # --------------------------------------------------------------------------------- devices
 def _resolve_devices(value: Any, accelerator: str, available: Mapping[str, int], reasons: dict[str, str]) -> tuple[int, ...]:
-    asked = f"Fabric(devices={value!r})"
+    asked = _asked("devices", value, reasons)
     count = available.get(accelerator, 0)
     is_cpu = accelerator == "cpu"
     if isinstance(value, str):
-        text = value.strip().strip("[]").replace(" ", "")
+        raw = value.strip().replace(" ", "")
+        is_list = raw.startswith("[") or "," in raw  # "0,1", "1," and "[1]" name indices; "2" is a count
+        text = raw.strip("[]")
+        parts = [part for part in text.split(",") if part]
         if text == "auto":
             value = "auto"
-        elif text.lstrip("-").isdigit():
+        elif not is_list and text.lstrip("-").isdigit():
             value = int(text)
-        elif text and all(part.isdigit() for part in text.split(",") if part) and "," in text:
-            value = [int(part) for part in text.split(",") if part]
+        elif is_list and parts and all(part.isdigit() for part in parts):
+            value = [int(part) for part in parts]
         else:
             raise ConfigurationError(
                 f"{asked} is not a device count or a list of device indices. "
@@ -313,7 +327,7 @@ def _resolve_devices(value: Any, accelerator: str, available: Mapping[str, int],
             f"{asked} lists device indices, but on the CPU devices counts processes. Fix: devices={len(indices)}."
         )
     if not indices or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
-        raise ConfigurationError(f"{asked} must be a non-empty list of device indices such as [0, 1].")
+        raise ConfigurationError(f"{asked} must be a non-empty list of device indices. Fix: e.g. devices=[0, 1].")
     bad = [i for i in indices if not 0 <= i < count]
     if bad or len(set(indices)) != len(indices):
         raise FabricEnvironmentError(
@@ -328,7 +342,9 @@ def _resolve_num_nodes(value: Any, reasons: dict[str, str]) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"Fabric(num_nodes={value!r}) must be a positive int. Fix: num_nodes=1 for one machine.")
+        raise ConfigurationError(
+            f"{_asked('num_nodes', value, reasons)} must be a positive int. Fix: num_nodes=1 for one machine."
+        )
     reasons.setdefault("num_nodes", "requested" if value != 1 else "default: one machine")
     return value
 
@@ -355,7 +371,7 @@ def _resolve_strategy(value: Any, accelerator: str, world_size: int, environment
     if not isinstance(value, str):
         raise choices_error(f"Fabric(strategy={value!r})", "strategy", ["auto", *STRATEGIES.names()])
     if value == "auto":
-        if world_size == 1 and environment == "local":
+        if world_size == 1:
             name = _SINGLE_PROCESS_DEFAULT.get(accelerator, "single_device")
             reasons.setdefault("strategy", "auto: one process")
         else:
@@ -368,7 +384,7 @@ def _resolve_strategy(value: Any, accelerator: str, world_size: int, environment
                 f"Fix: run one process (devices=1)."
             )
         return name
-    entry = STRATEGIES.get(value, asked=f"Fabric(strategy={value!r})")
+    entry = STRATEGIES.get(value, asked=_asked("strategy", value, reasons))
     reasons.setdefault("strategy", "requested")
     return entry.name
 
@@ -395,7 +411,7 @@ def _resolve_precision(value: Any, plugin: Precision | None, reasons: dict[str, 
     if value is None:
         reasons.setdefault("precision", "default: full fp32")
         return "32-true"
-    entry = PRECISIONS.get(value, asked=f"Fabric(precision={value!r})")
+    entry = PRECISIONS.get(value, asked=_asked("precision", value, reasons))
     reasons.setdefault("precision", "requested" if str(value) == entry.name else f"alias {value!r} of {entry.name}")
     return entry.name
 
