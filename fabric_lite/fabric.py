@@ -213,6 +213,7 @@ class Fabric:
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True, _reapply_compile: bool = True) -> FabricModule:
         """Set up a model alone (for inference, or strategies that need the model before the optimizer)."""
+        self._validate_setup_module(module, "setup_module")
         return self.setup(module, move_to_device=move_to_device)
 
     def setup_optimizers(self, *optimizers: Optimizer) -> FabricOptimizer | tuple[FabricOptimizer, ...]:

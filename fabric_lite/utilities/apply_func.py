@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import torch
 
+from fabric_lite.errors import ConfigurationError
+
 
 def apply_to_collection(data: Any, dtype: type | tuple[type, ...], function: Callable[..., Any], **kwargs: Any) -> Any:
     """Return ``data`` with ``function`` applied to every element of type ``dtype``; structure is kept.
@@ -61,7 +63,7 @@ def convert_tensors_to_scalars(data: Any) -> Any:
 
     def to_item(value: torch.Tensor) -> Any:
         if value.numel() != 1:
-            raise ValueError(
+            raise ConfigurationError(
                 f"A logged tensor must hold exactly one value, but this one has shape {tuple(value.shape)}. "
                 f"Fix: log a scalar, e.g. tensor.mean() or tensor.sum()."
             )
