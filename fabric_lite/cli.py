@@ -1,0 +1,139 @@
+"""fabric-run: start a training script on N processes (and M machines) through torch.distributed.run.
+
+Usage::
+
+    fabric-run [--accelerator A] [--strategy S] [--devices N] [--num-nodes M] [--node-rank R]
+               [--main-address HOST] [--main-port PORT] [--precision P] [--max-restarts K]
+               [--dry-run] script.py [script arguments ...]
+
+The flags are those of Lightning's ``fabric run``. fabric-run resolves the Plan first (so a bad
+flag fails before any process starts), hands the settings to the script through the
+``FABRIC_LITE_*`` variables (read by ``Fabric(...)`` in the script), and delegates process
+management to ``torch.distributed.run`` (torchrun): rendezvous, per-rank environment, failure
+handling and restarts are torch's own. ``Fabric.launch()`` in the script is then a no-op.
+
+Examples::
+
+    fabric-run --devices 2 train.py --epochs 3          # 2 processes on this machine (gloo on CPU)
+    fabric-run --accelerator cuda --devices 8 --precision bf16-mixed train.py
+    fabric-run --num-nodes 2 --node-rank 0 --main-address 10.0.0.1 --devices 8 train.py   # on node 0
+    fabric-run --devices 4 --dry-run train.py           # print the plan and the torchrun command only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import socket
+import sys
+from collections.abc import Sequence
+
+from fabric_lite.errors import FabricLiteError
+from fabric_lite.plan import HANDOVER, resolve
+
+_DEFAULT_MULTI_NODE_PORT = 29400
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fabric-run",
+        description=__doc__.split("Usage::")[0].strip(),
+        epilog="Examples:\n" + __doc__.split("Examples::")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--accelerator", default=None, help="cpu, cuda, gpu, mps, tpu or auto (default: auto)")
+    parser.add_argument("--strategy", default=None, help="the strategy name, e.g. ddp (default: auto)")
+    parser.add_argument("--devices", default="1", help="processes per machine: a count, -1, or GPU indices '0,1' (default: 1)")
+    parser.add_argument("--num-nodes", "--num_nodes", dest="num_nodes", type=int, default=1, help="machines (default: 1)")
+    parser.add_argument("--node-rank", "--node_rank", dest="node_rank", type=int, default=0, help="this machine's index")
+    parser.add_argument("--main-address", "--main_address", dest="main_address", default="127.0.0.1",
+                        help="address of node 0 (default: 127.0.0.1)")
+    parser.add_argument("--main-port", "--main_port", dest="main_port", type=int, default=None,
+                        help=f"port on node 0 (default: a free port on one machine, {_DEFAULT_MULTI_NODE_PORT} on several)")
+    parser.add_argument("--precision", default=None, help="32-true, 64-true, 16-mixed, bf16-mixed, 16-true, bf16-true, ...")
+    parser.add_argument("--max-restarts", dest="max_restarts", type=int, default=0,
+                        help="restart all workers up to K times when one fails (torch.distributed.run --max-restarts)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved plan and the command, start nothing")
+    parser.add_argument("script", help="the training script")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
+    return parser
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def handover_env(args: argparse.Namespace) -> dict[str, str]:
+    """The FABRIC_LITE_* variables the script's Fabric(...) will read."""
+    values = {
+        "accelerator": args.accelerator,
+        "strategy": args.strategy,
+        "devices": args.devices,
+        "num_nodes": str(args.num_nodes),
+        "precision": args.precision,
+    }
+    return {HANDOVER[name]: value for name, value in values.items() if value is not None}
+
+
+def torchrun_argv(args: argparse.Namespace, nproc_per_node: int, port: int) -> list[str]:
+    argv = [
+        f"--nproc-per-node={nproc_per_node}",
+        f"--nnodes={args.num_nodes}",
+        f"--node-rank={args.node_rank}",
+        f"--master-addr={args.main_address}",
+        f"--master-port={port}",
+        f"--max-restarts={args.max_restarts}",
+    ]
+    return [*argv, args.script, *args.script_args]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handover = handover_env(args)
+    port = args.main_port or (_free_port() if args.num_nodes == 1 else _DEFAULT_MULTI_NODE_PORT)
+    try:
+        plan = resolve(env=handover)  # fails here, before any process starts, on a bad flag
+    except FabricLiteError as error:
+        print(f"fabric-run: {error}", file=sys.stderr)
+        return 2
+    nproc = plan.num_devices
+    command = torchrun_argv(args, nproc, port)
+    if args.dry_run:
+        child_env = {
+            **handover, "TORCHELASTIC_RUN_ID": "dry-run", "RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": str(args.node_rank),
+            "WORLD_SIZE": str(nproc * args.num_nodes), "MASTER_ADDR": args.main_address, "MASTER_PORT": str(port),
+        }
+        try:
+            child_plan = resolve(env=child_env)
+        except FabricLiteError as error:
+            print(f"fabric-run: {error}", file=sys.stderr)
+            return 2
+        print("Plan (as each process will resolve it):")
+        print(child_plan.table())
+        print()
+        print("Command:")
+        settings = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(handover.items()))
+        print(f"{settings} {shlex.quote(sys.executable)} -m torch.distributed.run {shlex.join(command)}")
+        return 0
+    if not os.path.isfile(args.script):
+        print(f"fabric-run: the script {args.script!r} does not exist. Fix: check the path.", file=sys.stderr)
+        return 2
+    os.environ.update(handover)
+    from torch.distributed.run import main as torchrun_main
+
+    try:
+        torchrun_main(command)
+    except SystemExit as exit_:  # torchrun exits with the failing worker's code
+        return int(exit_.code or 0)
+    except Exception as error:  # ChildFailedError: torch already printed the root-cause report
+        if type(error).__name__ == "ChildFailedError":
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
