@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from fabric_lite.accelerators import Accelerator
 from fabric_lite.errors import ConfigurationError, UsageError
-from fabric_lite.plan import Plan, instantiate, resolve
+from fabric_lite.plan import Plan, instantiate, make_launcher, resolve
 from fabric_lite.precision.base import Precision
 from fabric_lite.strategies.base import Strategy, validate_reduce_op
 from fabric_lite.utilities.apply_func import (
@@ -29,6 +29,7 @@ from fabric_lite.utilities.apply_func import (
     convert_to_tensors,
     move_data_to_device,
 )
+from fabric_lite.utilities.data import distributed_sampler, needs_sampler, with_sampler
 from fabric_lite.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from fabric_lite.utilities.seed import WORKERS_VARIABLE, _WorkerInit
 from fabric_lite.utilities.seed import seed_everything as _seed_everything
@@ -89,8 +90,10 @@ class Fabric:
         self._models_setup = 0
         self._launched = False
         self._environment_ready = False
+        self._launcher = make_launcher(self._plan)
         if self._plan.launcher == "external":
-            # fabric-run / torchrun already made the processes: get ready now, launch() becomes a no-op.
+            # fabric-run / torchrun / SLURM already made the processes: get ready now; launch() is then harmless.
+            self._launcher.prepare_process()
             self._setup_environment()
             self._launched = True
 
@@ -164,11 +167,19 @@ class Fabric:
                 f"fabric.launch({getattr(function, '__name__', function)}) : the function takes no argument, but the "
                 f"launcher passes the Fabric object first. Fix: def {getattr(function, '__name__', 'train')}(fabric): ..."
             )
-        self._setup_environment()
+        if self._launched:
+            # Processes exist already (fabric-run, torchrun, SLURM, or a second call): just run here.
+            return None if function is _do_nothing else function(self, *args, **kwargs)
         self._launched = True
-        if function is _do_nothing:
-            return None
-        return function(self, *args, **kwargs)
+        return self._launcher.launch(None if function is _do_nothing else function, *args, fabric=self, **kwargs)
+
+    def _validate_launched(self, method: str) -> None:
+        if not self._launched and self._plan.launcher not in ("none", "external"):
+            raise UsageError(
+                f"fabric.{method}() was called before fabric.launch(), but Fabric(strategy={self._plan.strategy!r}) runs "
+                f"{self._plan.world_size} processes that launch() starts. Fix: call fabric.launch() right after "
+                f"Fabric(...) (or fabric.launch(train) for spawn/fork strategies)."
+            )
 
     def _setup_environment(self) -> None:
         if not self._environment_ready:
@@ -194,6 +205,7 @@ class Fabric:
         """
         self._validate_setup_module(module, "setup")
         self._validate_optimizers(optimizers, "setup")
+        self._validate_launched("setup")
         self._setup_environment()
         original = module
         module = self._precision.convert_module(module)
@@ -225,9 +237,22 @@ class Fabric:
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
     def setup_dataloaders(
-        self, *dataloaders: DataLoader, use_distributed_sampler: bool = True, move_to_device: bool = True
+        self,
+        *dataloaders: DataLoader,
+        use_distributed_sampler: bool = True,
+        move_to_device: bool = True,
+        even_batches: bool = True,
     ) -> Any:
-        """Wrap dataloaders so that batches arrive on the device (and, with several processes, each rank gets its part)."""
+        """Wrap dataloaders so that batches arrive on the device and, with several processes, each rank gets its part.
+
+        Args:
+            use_distributed_sampler: give each rank its share (a DistributedSampler keeping shuffle, seed and
+                drop_last; a custom sampler is wrapped). ``False`` leaves the sampler alone.
+            move_to_device: move every batch to ``fabric.device``.
+            even_batches: pad so that every rank gets the same number of batches (required for training with
+                DDP). ``False`` splits without repeats, so evaluation metrics summed with ``all_reduce`` count
+                each sample exactly once; ranks may then get one batch fewer.
+        """
         if not dataloaders:
             raise ConfigurationError(
                 "fabric.setup_dataloaders() got no dataloader. Fix: fabric.setup_dataloaders(train_loader, val_loader)."
@@ -242,11 +267,18 @@ class Fabric:
                     f"fabric.setup_dataloaders() got a {type(loader).__name__}, but only torch.utils.data.DataLoader is "
                     f"supported. Fix: wrap your data in DataLoader(dataset, batch_size=...)."
                 )
+        self._validate_launched("setup_dataloaders")
         self._setup_environment()
-        wrapped = [self._setup_dataloader(d, use_distributed_sampler, move_to_device) for d in dataloaders]
+        wrapped = [self._setup_dataloader(d, use_distributed_sampler, move_to_device, even_batches) for d in dataloaders]
         return wrapped[0] if len(wrapped) == 1 else wrapped
 
-    def _setup_dataloader(self, dataloader: DataLoader, use_distributed_sampler: bool, move_to_device: bool) -> Any:
+    def _setup_dataloader(
+        self, dataloader: DataLoader, use_distributed_sampler: bool, move_to_device: bool, even_batches: bool
+    ) -> Any:
+        sampler_kwargs = self._strategy.distributed_sampler_kwargs
+        if use_distributed_sampler and sampler_kwargs is not None and needs_sampler(dataloader):
+            sampler = distributed_sampler(dataloader, even_batches=even_batches, **sampler_kwargs)
+            dataloader = with_sampler(dataloader, sampler)
         if os.environ.get(WORKERS_VARIABLE) == "1" and dataloader.num_workers > 0:
             dataloader.worker_init_fn = _WorkerInit(self.global_rank, dataloader.worker_init_fn)
         dataloader = self._strategy.process_dataloader(dataloader)

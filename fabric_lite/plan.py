@@ -25,7 +25,7 @@ from fabric_lite.accelerators import AUTO_ORDER, Accelerator, probe_available
 from fabric_lite.environments.base import ClusterEnvironment
 from fabric_lite.errors import ConfigurationError, FabricEnvironmentError, choices_error
 from fabric_lite.precision.base import Precision
-from fabric_lite.registry import ACCELERATORS, ENVIRONMENTS, PRECISIONS, STRATEGIES
+from fabric_lite.registry import ACCELERATORS, ENVIRONMENTS, LAUNCHERS, PRECISIONS, STRATEGIES
 from fabric_lite.strategies.base import Strategy
 
 #: The variables ``fabric-run`` uses to hand settings to the script, by Fabric argument.
@@ -39,7 +39,7 @@ HANDOVER = {
 _DEFAULTS: dict[str, Any] = {"accelerator": "auto", "strategy": "auto", "devices": "auto", "num_nodes": 1, "precision": None}
 
 # The order in which environments are detected; the last always matches.
-_ENVIRONMENT_ORDER = ("torchelastic", "local")
+_ENVIRONMENT_ORDER = ("torchelastic", "slurm", "local")
 # strategy="auto" with more than one process, by accelerator.
 _MULTI_PROCESS_DEFAULT = {"cpu": "ddp", "cuda": "ddp", "mps": "ddp", "xla": "xla"}
 _SINGLE_PROCESS_DEFAULT = {"xla": "single_xla"}
@@ -57,6 +57,9 @@ class Plan:
     devices: tuple[int, ...]
     num_nodes: int
     reasons: Mapping[str, str]
+    #: (world size, processes per node) reported by an environment that made the processes, else None.
+    external_sizes: tuple[int, int | None] | None = None
+    devices_given: bool = True
     accelerator_instance: Accelerator | None = field(default=None, repr=False, compare=False)
     strategy_instance: Strategy | None = field(default=None, repr=False, compare=False)
     precision_instance: Precision | None = field(default=None, repr=False, compare=False)
@@ -130,15 +133,20 @@ def resolve(
     nodes = _resolve_num_nodes(given["num_nodes"], reasons)
     environment_name = _resolve_environment(environment_plugin, env, reasons)
     world_size = len(device_indices) * nodes
-    if environment_name != "local" or environment_plugin is not None:
+    environment = environment_plugin or ENVIRONMENTS.get(environment_name, asked=environment_name).create(
+        env=env, num_processes=len(device_indices), num_nodes=nodes
+    )
+    external = environment.creates_processes_externally
+    external_sizes = None
+    if external:
         # Processes made by someone else: their count, not ours, decides one process or many.
-        made = environment_plugin or ENVIRONMENTS.get(environment_name, asked=environment_name).create(env=env)
-        world_size = made.world_size()
+        world_size = environment.world_size()
+        external_sizes = (world_size, environment.local_world_size())
     strategy_name = _resolve_strategy(given["strategy"], accelerator_name, world_size, environment_name, reasons)
     if strategy_instance is not None and precision_plugin is None:
         precision_plugin = _strategy_precision(strategy_instance, given["precision"], reasons)
     precision_name = _resolve_precision(given["precision"], precision_plugin, reasons)
-    launcher = _resolve_launcher(environment_name, environment_plugin, world_size, reasons)
+    launcher = _resolve_launcher(strategy_name, strategy_instance, external, environment_name, world_size, reasons)
 
     plan = Plan(
         accelerator=accelerator_name,
@@ -149,6 +157,8 @@ def resolve(
         devices=device_indices,
         num_nodes=nodes,
         reasons=reasons,
+        external_sizes=external_sizes,
+        devices_given=given["devices"] != "auto",
         accelerator_instance=accelerator_instance,
         strategy_instance=strategy_instance,
         precision_instance=precision_plugin,
@@ -417,17 +427,30 @@ def _resolve_precision(value: Any, plugin: Precision | None, reasons: dict[str, 
 
 
 def _resolve_launcher(
-    environment: str, plugin: ClusterEnvironment | None, world_size: int, reasons: dict[str, str]
+    strategy: str,
+    strategy_instance: Strategy | None,
+    external: bool,
+    environment: str,
+    world_size: int,
+    reasons: dict[str, str],
 ) -> str:
-    external = plugin.creates_processes_externally if plugin is not None else environment != "local"
     if external:
-        reasons["launcher"] = f"processes already made by {environment}"
+        made_by = "fabric_lite's subprocess launcher" if environment == "local" else environment
+        reasons["launcher"] = f"processes already made by {made_by}"
         return "external"
-    if world_size == 1:
+    if world_size == 1 or strategy == "dp":
         reasons["launcher"] = "one process: nothing to launch"
         return "none"
-    reasons["launcher"] = "the strategy's default"
-    return "subprocess"
+    if strategy_instance is not None:
+        method = getattr(strategy_instance, "start_method", "popen")
+    else:
+        method = STRATEGIES.get(strategy, asked=strategy).kwargs.get("start_method", "popen")
+    name = "subprocess" if method == "popen" else method
+    reasons["launcher"] = (
+        "strategy re-runs the script once per extra local rank" if name == "subprocess" else f"strategy starts processes with {method}"
+    )
+    assert name in LAUNCHERS, name
+    return name
 
 
 # --------------------------------------------------------------------------------- step 6
@@ -454,6 +477,32 @@ _UNSUPPORTED: list[tuple[Callable[[Plan], bool], Callable[[Plan], str]]] = [
 ]
 
 
+def _external_mismatch(p: Plan) -> bool:
+    if p.external_sizes is None or not p.devices_given or p.strategy == "dp":
+        return False
+    world, per_node = p.external_sizes
+    return world != p.world_size or (per_node is not None and per_node != p.num_devices)
+
+
+_UNSUPPORTED += [
+    (
+        lambda p: p.strategy == "dp" and p.accelerator != "cuda",
+        lambda p: f"Fabric(strategy='dp', accelerator={p.accelerator!r}): DataParallel splits batches over CUDA GPUs. "
+        f"Fix: strategy='ddp' for several {p.accelerator} processes, or accelerator='cuda'.",
+    ),
+    (
+        _external_mismatch,
+        lambda p: (
+            f"Fabric(devices={p.num_devices}, num_nodes={p.num_nodes}) expects {p.world_size} processes "
+            f"({p.num_devices} per node), but {p.cluster_environment} started {p.external_sizes[0]}"  # type: ignore[index]
+            + (f" ({p.external_sizes[1]} per node)" if p.external_sizes and p.external_sizes[1] else "")  # type: ignore[index]
+            + ". Fix: make them agree, e.g. srun --ntasks-per-node=DEVICES -N NUM_NODES, or torchrun "
+            "--nproc-per-node=DEVICES --nnodes=NUM_NODES, or pass the matching devices/num_nodes to Fabric."
+        ),
+    ),
+]
+
+
 def _validate(plan: Plan) -> None:
     for predicate, message in _UNSUPPORTED:
         if predicate(plan):
@@ -466,7 +515,9 @@ def instantiate(plan: Plan) -> Strategy:
     accelerator = plan.accelerator_instance or ACCELERATORS.get(plan.accelerator, asked=plan.accelerator).create()
     device_type = accelerator.get_device(plan.devices[0]).type if plan.accelerator != "xla" else "xla"
     precision = plan.precision_instance or PRECISIONS.get(plan.precision, asked=plan.precision).create(device=device_type)
-    environment = plan.environment_instance or ENVIRONMENTS.get(plan.cluster_environment, asked="").create()
+    environment = plan.environment_instance or ENVIRONMENTS.get(plan.cluster_environment, asked="").create(
+        num_processes=plan.num_devices, num_nodes=plan.num_nodes
+    )
     if plan.strategy_instance is not None:
         strategy = plan.strategy_instance
         strategy.accelerator = strategy.accelerator or accelerator
@@ -474,7 +525,7 @@ def instantiate(plan: Plan) -> Strategy:
         if plan.environment_instance is not None:
             strategy.cluster_environment = environment
         return strategy
-    local_index = plan.devices[environment.local_rank() % plan.num_devices] if plan.num_devices else 0
+    local_index = plan.devices[environment.local_rank() % plan.num_devices]
     return STRATEGIES.get(plan.strategy, asked=plan.strategy).create(
         device=accelerator.get_device(local_index),
         accelerator=accelerator,
@@ -482,4 +533,11 @@ def instantiate(plan: Plan) -> Strategy:
         cluster_environment=environment,
         parallel_devices=[accelerator.get_device(i) for i in plan.devices],
         num_nodes=plan.num_nodes,
+    )
+
+
+def make_launcher(plan: Plan) -> Any:
+    """The launcher object the plan names."""
+    return LAUNCHERS.get(plan.launcher, asked=plan.launcher).create(
+        num_processes=plan.num_devices, num_nodes=plan.num_nodes, strategy_name=plan.strategy
     )

@@ -30,9 +30,9 @@ class Entry:
     def create(self, **context: Any) -> Any:
         """Call the factory with its registered arguments plus those of ``context`` it accepts."""
         factory = self.load()
+        # Only named parameters receive context: a factory's **kwargs may mean something else (DDP's options).
         parameters = inspect.signature(factory).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-        accepted = {k: v for k, v in context.items() if takes_any or k in parameters}
+        accepted = {k: v for k, v in context.items() if k in parameters}
         return factory(**{**accepted, **self.kwargs})
 
 
@@ -100,6 +100,27 @@ STRATEGIES = Registry("strategy")
 STRATEGIES.register(
     "single_device", "fabric_lite.strategies.single_device:SingleDeviceStrategy", description="one process, one device"
 )
+_DDP = "fabric_lite.strategies.ddp:DDPStrategy"
+STRATEGIES.register("ddp", _DDP, start_method="popen", description="DDP; `python train.py` re-runs the script per rank")
+STRATEGIES.register("ddp_spawn", _DDP, start_method="spawn", description="DDP in processes made by spawn")
+STRATEGIES.register("ddp_fork", _DDP, start_method="fork", description="DDP in processes made by fork")
+STRATEGIES.register("ddp_notebook", _DDP, start_method="fork", description="DDP from a notebook (fork)")
+STRATEGIES.register(
+    "ddp_find_unused_parameters_true", _DDP, start_method="popen", find_unused_parameters=True,
+    description="DDP that tolerates parameters without gradients",
+)
+STRATEGIES.register(
+    "ddp_spawn_find_unused_parameters_true", _DDP, start_method="spawn", find_unused_parameters=True,
+    description="ddp_spawn that tolerates parameters without gradients",
+)
+STRATEGIES.register("dp", "fabric_lite.strategies.dp:DataParallelStrategy", description="DataParallel: one process, several GPUs")
+
+LAUNCHERS = Registry("launcher")
+LAUNCHERS.register("none", "fabric_lite.launchers.external:ExternalLauncher", description="one process")
+LAUNCHERS.register("external", "fabric_lite.launchers.external:ExternalLauncher", description="processes already made")
+LAUNCHERS.register("subprocess", "fabric_lite.launchers.subprocess:SubprocessLauncher", description="re-run the script")
+for _method in ("spawn", "fork", "forkserver"):
+    LAUNCHERS.register(_method, "fabric_lite.launchers.spawn:MultiProcessLauncher", start_method=_method)
 
 PRECISIONS = Registry("precision")
 PRECISIONS.register("32-true", "fabric_lite.precision.base:Precision", aliases=(32, "32"), description="fp32")
@@ -119,4 +140,5 @@ PRECISIONS.register(
 
 ENVIRONMENTS = Registry("cluster environment")
 ENVIRONMENTS.register("torchelastic", "fabric_lite.environments.torchelastic:TorchElasticEnvironment")
+ENVIRONMENTS.register("slurm", "fabric_lite.environments.slurm:SLURMEnvironment")
 ENVIRONMENTS.register("local", "fabric_lite.environments.local:LocalEnvironment")

@@ -15,6 +15,10 @@ from fabric_lite.precision import HalfPrecision, MixedPrecision
 from fabric_lite.strategies import SingleDeviceStrategy
 
 CPU = {"cpu": 1}
+TORCHRUN_2 = {"TORCHELASTIC_RUN_ID": "x", "RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "4",
+              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+SLURM_4 = {"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "7",
+           "SLURM_NODELIST": "n1", "SLURM_JOB_NAME": "train", "SLURM_NTASKS_PER_NODE": "4"}
 GPUS = {"cpu": 1, "cuda": 2}
 MAC = {"cpu": 1, "mps": 1}
 
@@ -24,7 +28,8 @@ CASES = [
      "Fabric(accelerator='tpuu') is not a known accelerator. Choose one of: auto, gpu, cpu, cuda, mps, xla."),
     (dict(accelerator=3), CPU, ConfigurationError, "Fabric(accelerator=3) is not a known accelerator. Choose one of:"),
     (dict(strategy="fancy"), CPU, ConfigurationError,
-     "Fabric(strategy='fancy') is not a known strategy. Choose one of: single_device."),
+     "Fabric(strategy='fancy') is not a known strategy. Choose one of: single_device, ddp, ddp_spawn, ddp_fork, "
+     "ddp_notebook, ddp_find_unused_parameters_true, ddp_spawn_find_unused_parameters_true, dp."),
     (dict(strategy=None), CPU, ConfigurationError, "Fabric(strategy=None) is not a known strategy. Choose one of: auto,"),
     (dict(precision="17-mixed"), CPU, ConfigurationError,
      "Fabric(precision='17-mixed') is not a known precision. Choose one of: 32-true, 64-true, 16-mixed, bf16-mixed, 16-true, bf16-true."),
@@ -69,8 +74,14 @@ CASES = [
     (dict(num_nodes="two"), CPU, ConfigurationError, "Fabric(num_nodes='two') must be a positive int."),
     (dict(strategy="single_device", devices=2), CPU, ConfigurationError,
      "Fabric(strategy='single_device', devices=2, num_nodes=1) asks for 2 processes, but single_device runs exactly one."),
-    (dict(devices=2), CPU, ConfigurationError,
-     "Fabric(strategy='auto') chose 'ddp' for 2 process(es) on cpu, but this version of fabric_lite does not provide it yet."),
+    (dict(strategy="dp"), CPU, ConfigurationError,
+     "Fabric(strategy='dp', accelerator='cpu'): DataParallel splits batches over CUDA GPUs. Fix: strategy='ddp'"),
+    (dict(devices=2, env=TORCHRUN_2), CPU, ConfigurationError,
+     "Fabric(devices=2, num_nodes=1) expects 2 processes (2 per node), but torchelastic started 4 (4 per node). Fix: make them agree"),
+    (dict(devices=2, num_nodes=2, env=SLURM_4), CPU, ConfigurationError,
+     "Fabric(devices=2, num_nodes=2) expects 4 processes (2 per node), but slurm started 4 (4 per node)."),
+    (dict(devices=4, env={**SLURM_4, "SLURM_NTASKS_PER_NODE": "2(x2)"}), CPU, ConfigurationError,
+     "Fabric(devices=4, num_nodes=1) expects 4 processes (4 per node), but slurm started 4 (2 per node)"),
     (dict(accelerator="mps", precision="64-true"), MAC, ConfigurationError,
      "Fabric(accelerator='mps', precision='64-true') cannot work: MPS has no float64."),
 ]
@@ -78,14 +89,15 @@ CASES = [
 
 @pytest.mark.parametrize(("kwargs", "available", "error", "message"), CASES, ids=[c[3][:60] for c in CASES])
 def test_bad_arguments(kwargs, available, error, message):
+    kwargs = {"env": {}, **kwargs}
     with pytest.raises(error, match=re.escape(message)):
-        resolve(env={}, available=available, **kwargs)
+        resolve(available=available, **kwargs)
 
 
 def test_every_error_names_a_fix_or_the_choices():
     for kwargs, available, error, _ in CASES:
         with pytest.raises(error) as info:
-            resolve(env={}, available=available, **kwargs)
+            resolve(available=available, **{"env": {}, **kwargs})
         text = str(info.value)
         assert "Fix:" in text or "Choose" in text or "Available" in text, text
 

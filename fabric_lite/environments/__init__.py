@@ -2,6 +2,7 @@
 
 from fabric_lite.environments.base import ClusterEnvironment
 from fabric_lite.environments.local import LocalEnvironment
+from fabric_lite.environments.slurm import SLURMEnvironment
 from fabric_lite.environments.torchelastic import TorchElasticEnvironment
 
-__all__ = ["ClusterEnvironment", "LocalEnvironment", "TorchElasticEnvironment"]
+__all__ = ["ClusterEnvironment", "LocalEnvironment", "SLURMEnvironment", "TorchElasticEnvironment"]

@@ -48,5 +48,21 @@ class ClusterEnvironment(ABC):
     @abstractmethod
     def node_rank(self) -> int: ...
 
+    def local_world_size(self) -> int | None:
+        """Processes per node, when the environment says (None: unknown)."""
+        return None
+
+    def __getstate__(self) -> dict[str, object]:
+        # os.environ cannot be pickled (spawned processes): keep a marker and re-bind on load.
+        state = dict(self.__dict__)
+        if state.get("env") is os.environ:
+            state["env"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        if self.env is None:
+            self.env = os.environ
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

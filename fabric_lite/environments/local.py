@@ -1,4 +1,4 @@
-"""The local environment: nobody else made this process; fabric_lite's own launcher (if any) sets the ranks."""
+"""The local environment: processes on this machine made by fabric_lite's own launchers (or one plain process)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,21 @@ from fabric_lite.environments.base import ClusterEnvironment
 
 
 class LocalEnvironment(ClusterEnvironment):
-    """One machine, processes made by fabric_lite (or a single plain process).
+    """One machine. Before launching, sizes come from the plan; in launched processes from the variables the
+    launcher set (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
 
     Example:
-        >>> env = LocalEnvironment({})
-        >>> env.world_size(), env.global_rank()
-        (1, 0)
+        >>> env = LocalEnvironment({}, num_processes=2)
+        >>> env.world_size(), env.global_rank(), env.creates_processes_externally
+        (2, 0, False)
     """
 
     name = "local"
+
+    def __init__(self, env: Mapping[str, str] | None = None, *, num_processes: int = 1, num_nodes: int = 1) -> None:
+        super().__init__(env)
+        self.num_processes = num_processes
+        self.num_nodes = num_nodes
 
     @staticmethod
     def detect(env: Mapping[str, str]) -> bool:
@@ -24,13 +30,14 @@ class LocalEnvironment(ClusterEnvironment):
 
     @property
     def creates_processes_externally(self) -> bool:
-        return False
+        # A process our subprocess launcher (or another tool) started already carries its local rank.
+        return "LOCAL_RANK" in self.env
 
     def world_size(self) -> int:
-        return int(self.env.get("WORLD_SIZE", "1"))
+        return int(self.env.get("WORLD_SIZE", self.num_processes * self.num_nodes))
 
     def global_rank(self) -> int:
-        return int(self.env.get("RANK", "0"))
+        return int(self.env.get("RANK", self.node_rank() * self.num_processes + self.local_rank()))
 
     def local_rank(self) -> int:
         return int(self.env.get("LOCAL_RANK", "0"))

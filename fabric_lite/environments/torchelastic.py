@@ -41,3 +41,7 @@ class TorchElasticEnvironment(ClusterEnvironment):
 
     def node_rank(self) -> int:
         return int(self.env.get("GROUP_RANK", "0"))
+
+    def local_world_size(self) -> int | None:
+        value = self.env.get("LOCAL_WORLD_SIZE")
+        return int(value) if value and value.isdigit() else None

@@ -1,0 +1,112 @@
+"""Spawn / fork / forkserver: run a function in N new processes through torch.multiprocessing.
+
+``torch.multiprocessing.start_processes`` owns the processes: when one raises or dies, ``join``
+terminates the others at once and raises with that process's traceback or signal, which is the
+root cause printed first.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+import torch.multiprocessing as mp
+
+from fabric_lite.errors import ConfigurationError, FabricEnvironmentError
+from fabric_lite.launchers.external import die_with_parent
+from fabric_lite.utilities.distributed import find_free_port, port_in_use
+
+if TYPE_CHECKING:
+    from fabric_lite.fabric import Fabric
+
+
+class MultiProcessLauncher:
+    """Start ``num_processes`` processes with ``start_method`` and call the function in each.
+
+    The result of rank 0 is returned to the caller; every process runs with the rank variables set.
+    """
+
+    def __init__(self, *, num_processes: int, num_nodes: int = 1, start_method: str = "spawn", strategy_name: str = "ddp_spawn") -> None:
+        self.num_processes = num_processes
+        self.num_nodes = num_nodes
+        self.start_method = start_method
+        self.strategy_name = strategy_name
+
+    @property
+    def is_interactive_compatible(self) -> bool:
+        return self.start_method == "fork"
+
+    def check(self) -> None:
+        """Refuse start methods this platform or process state cannot honour."""
+        if self.start_method not in mp.get_all_start_methods():
+            raise FabricEnvironmentError(
+                f"Fabric(strategy={self.strategy_name!r}) needs the {self.start_method!r} start method, which this "
+                f"platform does not offer (it has: {', '.join(mp.get_all_start_methods())}). "
+                f"Fix: strategy='ddp_spawn' or strategy='ddp'."
+            )
+        if self.start_method == "fork" and torch.cuda.is_initialized():
+            raise FabricEnvironmentError(
+                f"Fabric(strategy={self.strategy_name!r}) forks processes, but CUDA is already initialised in this "
+                f"process and cannot be used in forked children. Fix: do not touch CUDA before fabric.launch(), or "
+                f"use strategy='ddp_spawn' / 'ddp'."
+            )
+
+    def launch(self, function: Callable[..., Any] | None, *args: Any, fabric: Fabric, **kwargs: Any) -> Any:
+        if function is None:
+            raise ConfigurationError(
+                f"Fabric(strategy={self.strategy_name!r}) starts new processes that run a function, so fabric.launch() "
+                f"needs one. Fix: def train(fabric): ...; fabric.launch(train) — or use strategy='ddp', which "
+                f"re-runs your script."
+            )
+        self.check()
+        address = os.environ.get("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_PORT" in os.environ:
+            port = int(os.environ["MASTER_PORT"])
+            if port_in_use(address, port):
+                raise FabricEnvironmentError(
+                    f"MASTER_PORT={port} is already in use on {address}, so the processes cannot meet there. "
+                    f"Fix: unset MASTER_PORT (a free port is chosen) or set it to a free port."
+                )
+        else:
+            port = find_free_port(address)
+        env = {"MASTER_ADDR": address, "MASTER_PORT": str(port), "WORLD_SIZE": str(self.num_processes * self.num_nodes),
+               "NODE_RANK": os.environ.get("NODE_RANK", "0"), "FABRIC_LITE_PARENT_PID": str(os.getpid())}
+        context = mp.get_context(self.start_method)
+        results = context.SimpleQueue()
+        processes = mp.start_processes(
+            _run_in_process,
+            args=(function, args, kwargs, fabric, env, self.num_processes, results),
+            nprocs=self.num_processes,
+            start_method=self.start_method,
+            join=False,
+        )
+        while not processes.join():
+            pass
+        return results.get() if not results.empty() else None
+
+
+def _run_in_process(
+    local_rank: int,
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    fabric: Fabric,
+    env: dict[str, str],
+    num_processes: int,
+    results: Any,
+) -> None:
+    os.environ.update(env)
+    node_rank = int(env["NODE_RANK"])
+    os.environ["LOCAL_RANK"] = str(local_rank)
+    os.environ["RANK"] = str(node_rank * num_processes + local_rank)
+    die_with_parent()
+    fabric._launched = True
+    fabric._environment_ready = False  # a copy of the parent's object: this process is not set up yet
+    fabric._setup_environment()
+    try:
+        output = function(fabric, *args, **kwargs)
+        if fabric.global_rank == 0:
+            results.put(output)
+    finally:
+        fabric._strategy.teardown()

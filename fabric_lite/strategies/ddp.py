@@ -1,0 +1,202 @@
+"""DistributedDataParallel: one process per device, gradients all-reduced in backward, ranks from the cluster environment."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import timedelta
+from typing import Any, ContextManager, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from fabric_lite.accelerators import Accelerator
+from fabric_lite.environments.base import ClusterEnvironment
+from fabric_lite.errors import ConfigurationError, FabricEnvironmentError
+from fabric_lite.precision.base import Precision
+from fabric_lite.strategies.base import Strategy
+from fabric_lite.utilities import distributed as collectives
+
+#: How the processes are made: "popen" re-runs the script per rank, the others are torch.multiprocessing's.
+StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+class DDPStrategy(Strategy):
+    """Data-parallel training with ``torch.nn.parallel.DistributedDataParallel``.
+
+    Args:
+        accelerator, precision, cluster_environment: filled in by the plan when omitted.
+        parallel_devices: this machine's devices, indexed by local rank.
+        num_nodes: number of machines.
+        process_group_backend: ``"gloo"`` (CPU default) or ``"nccl"`` (CUDA default).
+        timeout: how long a collective may wait before the job fails (default 30 minutes).
+        start_method: ``"popen"`` (re-run the script, ``strategy="ddp"``), ``"spawn"``, ``"fork"`` or ``"forkserver"``.
+        **kwargs: passed to ``DistributedDataParallel`` (``find_unused_parameters``, ``static_graph``,
+            ``bucket_cap_mb``, ``gradient_as_bucket_view``, ...).
+
+    Example:
+        >>> strategy = DDPStrategy(find_unused_parameters=True)  # doctest: +SKIP
+    """
+
+    name = "ddp"
+
+    def __init__(
+        self,
+        accelerator: Accelerator | None = None,
+        parallel_devices: list[torch.device] | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        precision: Precision | None = None,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = DEFAULT_TIMEOUT,
+        start_method: StartMethod = "popen",
+        num_nodes: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(accelerator=accelerator, precision=precision, cluster_environment=cluster_environment)
+        if start_method not in ("popen", "spawn", "fork", "forkserver"):
+            raise ConfigurationError(
+                f"DDPStrategy(start_method={start_method!r}) is not a known start method. "
+                f"Choose one of: popen, spawn, fork, forkserver."
+            )
+        self.parallel_devices = list(parallel_devices) if parallel_devices else [torch.device("cpu")]
+        self.num_nodes = num_nodes
+        self.process_group_backend = process_group_backend
+        self.timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
+        self.start_method = start_method
+        self.ddp_kwargs = kwargs
+
+    # ----------------------------------------------------------------- identity
+    @property
+    def num_processes(self) -> int:
+        return len(self.parallel_devices)
+
+    @property
+    def root_device(self) -> torch.device:
+        return self.parallel_devices[self.local_rank % self.num_processes]
+
+    @property
+    def global_rank(self) -> int:
+        return self.cluster_environment.global_rank()
+
+    @property
+    def local_rank(self) -> int:
+        return self.cluster_environment.local_rank()
+
+    @property
+    def node_rank(self) -> int:
+        return self.cluster_environment.node_rank()
+
+    @property
+    def world_size(self) -> int:
+        return self.cluster_environment.world_size()
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any]:
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+    def backend(self) -> str:
+        if self.process_group_backend:
+            return self.process_group_backend
+        return "nccl" if self.root_device.type == "cuda" else "gloo"
+
+    # ------------------------------------------------------------------ set-up
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        self._init_process_group()
+
+    def _init_process_group(self) -> None:
+        if collectives.is_initialized():
+            return
+        env = self.cluster_environment
+        address, port = env.main_address, env.main_port
+        if port <= 0:
+            raise FabricEnvironmentError(
+                f"DDP on rank {self.global_rank} has no rendezvous port (MASTER_PORT is unset). "
+                f"Fix: start the script with fabric-run, torchrun or python (fabric.launch() sets it), or set MASTER_PORT."
+            )
+        kwargs: dict[str, Any] = {}
+        if self.root_device.type == "cuda":
+            kwargs["device_id"] = self.root_device  # lets NCCL bind eagerly to this rank's GPU
+        try:
+            dist.init_process_group(
+                self.backend(),
+                init_method=f"tcp://{address}:{port}",
+                rank=self.global_rank,
+                world_size=self.world_size,
+                timeout=self.timeout,
+                **kwargs,
+            )
+        except dist.DistNetworkError as error:
+            raise FabricEnvironmentError(
+                f"DDP rank {self.global_rank} could not open the rendezvous at {address}:{port}: {error}. "
+                f"The port may already be in use. Fix: choose a free port (fabric-run --main-port, or MASTER_PORT)."
+            ) from None
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
+
+    def no_backward_sync(self, module: nn.Module, enabled: bool) -> ContextManager[Any]:
+        if not isinstance(module, DistributedDataParallel):
+            raise ConfigurationError(
+                "fabric.no_backward_sync(model) under DDP needs the model returned by fabric.setup(...), "
+                f"got a {type(module).__name__}. Fix: model = fabric.setup(model, optimizer)."
+            )
+        return module.no_sync() if enabled else contextlib.nullcontext()
+
+    def get_module_state_dict(self, module: nn.Module) -> dict[str, Any]:
+        if isinstance(module, DistributedDataParallel):
+            module = module.module
+        return module.state_dict()
+
+    # -------------------------------------------------------------- collectives
+    def barrier(self, name: str | None = None) -> None:
+        if not collectives.is_initialized():
+            return
+        if self.backend() == "nccl":
+            dist.barrier(device_ids=[self.root_device.index])
+        else:
+            dist.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if not collectives.is_initialized():
+            return obj
+        device = self.root_device if self.backend() == "nccl" else None
+        return collectives.broadcast_object(obj, src=src, device=device)
+
+    def all_gather(self, tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False) -> torch.Tensor:
+        if not collectives.is_initialized():
+            return super().all_gather(tensor, group, sync_grads)
+        return collectives.all_gather(tensor, group=group, sync_grads=sync_grads)
+
+    def all_reduce(self, tensor: torch.Tensor, group: Any | None = None, reduce_op: Any = "mean") -> torch.Tensor:
+        if not collectives.is_initialized():
+            return tensor
+        return collectives.all_reduce(tensor, group=group, reduce_op=reduce_op)
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        if not collectives.is_initialized():
+            return decision
+        votes = collectives.all_reduce(torch.tensor(int(decision), device=self.root_device), reduce_op="sum")
+        return bool(votes.item() == self.world_size) if all else bool(votes.item() > 0)
+
+    def teardown(self) -> None:
+        if collectives.is_initialized():
+            dist.destroy_process_group()
+        super().teardown()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(start_method={self.start_method!r}, devices={len(self.parallel_devices)}, "
+            f"num_nodes={self.num_nodes}, precision={self.precision.name!r})"
+        )
+
+
+def fork_available() -> bool:
+    """Whether this platform can start processes with fork."""
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods() and os.name != "nt"

@@ -1,0 +1,125 @@
+"""Collectives over torch.distributed: gather (also of uneven first dimensions), reduce, broadcast, barrier.
+
+These are the building blocks the multi-process strategies share. Each works on one tensor; the
+Fabric facade maps them over collections.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from fabric_lite.errors import ConfigurationError
+
+_MAX_DIMS = 15
+_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM"}
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _world(group: Any | None) -> int:
+    return dist.get_world_size(group)
+
+
+def all_gather(tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False) -> torch.Tensor:
+    """Gather ``tensor`` from every rank.
+
+    Equal shapes give a ``(world_size, *shape)`` stack. Tensors whose first dimension differs
+    between ranks (the last batch of an evaluation set, say) are concatenated in rank order
+    instead of hanging: every rank first learns every other rank's shape.
+
+    With ``sync_grads=True`` the result carries gradients back to each rank's input.
+    """
+    if tensor.dim() > _MAX_DIMS:
+        raise ConfigurationError(
+            f"fabric.all_gather got a tensor with {tensor.dim()} dimensions; at most {_MAX_DIMS} are supported. "
+            f"Fix: reshape it first."
+        )
+    world = _world(group)
+    tensor = tensor.contiguous()
+    shape = torch.full((_MAX_DIMS + 1,), -1, dtype=torch.long, device=tensor.device)
+    shape[0] = tensor.dim()
+    if tensor.dim():
+        shape[1 : tensor.dim() + 1] = torch.tensor(tensor.shape, dtype=torch.long)
+    shapes = [torch.empty_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape, group=group)
+    table = [tuple(int(v) for v in s[1 : int(s[0]) + 1].tolist()) for s in shapes]
+    if all(s == table[0] for s in table):
+        return _stack(tensor, group, sync_grads, world)
+    if len({len(s) for s in table}) != 1 or len(table[0]) == 0 or len({s[1:] for s in table}) != 1:
+        raise ConfigurationError(
+            f"fabric.all_gather got tensors of shapes {table} on the {world} ranks; only the first dimension may "
+            f"differ between ranks. Fix: gather tensors of the same trailing shape (pad or reshape them)."
+        )
+    longest = max(s[0] for s in table)
+    padded = tensor
+    if tensor.shape[0] < longest:
+        pad = torch.zeros((longest - tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        padded = torch.cat([tensor, pad])
+    stacked = _stack(padded, group, sync_grads, world)
+    return torch.cat([stacked[rank, : table[rank][0]] for rank in range(world)])
+
+
+def _stack(tensor: torch.Tensor, group: Any | None, sync_grads: bool, world: int) -> torch.Tensor:
+    if sync_grads:
+        from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+
+        return torch.stack(differentiable_all_gather(tensor, group=group or dist.group.WORLD))
+    with torch.no_grad():
+        out = torch.empty((world, *tensor.shape), dtype=tensor.dtype, device=tensor.device)
+        dist.all_gather_into_tensor(out, tensor, group=group) if _has_gather_into_tensor(tensor) else dist.all_gather(
+            list(out.unbind(0)), tensor, group=group
+        )
+        return out
+
+
+def _has_gather_into_tensor(tensor: torch.Tensor) -> bool:
+    # gloo has no all_gather_into_tensor; NCCL does and it avoids a list of outputs.
+    return tensor.device.type == "cuda" and dist.get_backend() == "nccl"
+
+
+def all_reduce(tensor: torch.Tensor, group: Any | None = None, reduce_op: Any = "mean") -> torch.Tensor:
+    """Reduce ``tensor`` across ranks into a new tensor (the input is left untouched)."""
+    if isinstance(reduce_op, str):
+        op_name = reduce_op.lower()
+        op = getattr(dist.ReduceOp, _OPS[op_name])
+        divide = op_name == "mean"
+    else:
+        op, divide = reduce_op, False
+    result = tensor.clone()
+    if divide and not result.is_floating_point():
+        result = result.float()  # the mean of integers is not an integer
+    dist.all_reduce(result, op=op, group=group)
+    if divide:
+        result /= _world(group)
+    return result
+
+
+def broadcast_object(obj: Any, src: int = 0, group: Any | None = None, device: torch.device | None = None) -> Any:
+    """Send any picklable object (tensors included) from ``src`` to every rank."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=group, device=device)
+    return box[0]
+
+
+def find_free_port(address: str = "127.0.0.1") -> int:
+    """A port that is free on ``address`` right now (for a rendezvous on one machine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(address: str, port: int) -> bool:
+    """Whether something already listens on ``address:port`` (checked before a rendezvous starts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address if address not in ("localhost",) else "127.0.0.1", port))
+        except OSError:
+            return True
+    return False
