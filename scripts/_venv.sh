@@ -16,13 +16,21 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   echo "[setup] installing torch==${FABRIC_LITE_TORCH_VERSION:-2.13.0}"
   "$PY" -m pip install -q "torch==${FABRIC_LITE_TORCH_VERSION:-2.13.0}"
 fi
-# Re-install only when the project metadata or the extras changed.
+# Re-install only when the project metadata changed or an extra is asked for that is not installed yet.
 STAMP="$VENV/.fabric_lite-installed"
-WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$EXTRAS"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "[setup] installing fabric-lite[$EXTRAS] (editable)"
-  "$PY" -m pip install -q -e "$ROOT[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" || true
+META="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+HAVE_META=""; HAVE_EXTRAS=""
+if [ -f "$STAMP" ]; then read -r HAVE_META HAVE_EXTRAS < "$STAMP" || true; fi
+MISSING=0
+for extra in ${EXTRAS//,/ }; do
+  case ",$HAVE_EXTRAS," in *",$extra,"*) ;; *) MISSING=1 ;; esac
+done
+if [ "$HAVE_META" != "$META" ] || [ "$MISSING" = 1 ]; then
+  ALL="$(printf '%s\n' ${EXTRAS//,/ } ${HAVE_EXTRAS//,/ } | sort -u | paste -sd, -)"
+  [ "$HAVE_META" = "$META" ] || ALL="$EXTRAS"
+  echo "[setup] installing fabric-lite[$ALL] (editable)"
+  "$PY" -m pip install -q -e "$ROOT[$ALL]" 2>&1 | grep -v "^WARNING: Location" || true
   "$PY" -c "import fabric_lite" || { echo "[setup] install failed" >&2; exit 1; }
-  echo "$WANT" > "$STAMP"
+  echo "$META $ALL" > "$STAMP"
 fi
 export PY
