@@ -128,10 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         torchrun_main(command)
     except SystemExit as exit_:  # torchrun exits with the failing worker's code
         return int(exit_.code or 0)
-    except Exception as error:  # ChildFailedError: torch already printed the root-cause report
-        if type(error).__name__ == "ChildFailedError":
-            return 1
-        raise
+    except Exception as error:
+        if type(error).__name__ != "ChildFailedError":
+            raise
+        # torch's own report: the first observed failure (rank, host, exit code or signal, traceback) first.
+        print(error.format_msg() if hasattr(error, "format_msg") else str(error), file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -17,3 +17,26 @@ class Launcher(Protocol):
     def launch(self, function: Callable[..., Any] | None, *args: Any, fabric: Fabric, **kwargs: Any) -> Any:
         """Make the processes and run ``function`` (``None``: continue the calling script in every process)."""
         ...
+
+
+def print_root_cause(*, rank: int, local_rank: int, host: str, how: str, callstack: str | None, first: bool = True) -> None:
+    """Print one failed rank to stderr, the root cause first: rank, host, exit code or signal, traceback."""
+    import sys
+
+    title = "Root cause" if first else "Also failed"
+    print(f"fabric_lite: {title}: rank {rank} (local rank {local_rank}) on {host} failed with {how}.", file=sys.stderr)
+    if callstack:
+        print(callstack.rstrip(), file=sys.stderr)
+    sys.stderr.flush()
+
+
+def describe_exit(exitcode: int) -> str:
+    """'exit code N' or 'signal NAME' for a process's return code (negative: killed by a signal)."""
+    import signal
+
+    if exitcode >= 0:
+        return f"exit code {exitcode}"
+    try:
+        return f"signal {signal.Signals(-exitcode).name}"
+    except ValueError:
+        return f"signal {-exitcode}"

@@ -8,12 +8,15 @@ root cause printed first.
 from __future__ import annotations
 
 import os
+import signal
+import socket
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.multiprocessing as mp
 
 from fabric_lite.errors import ConfigurationError, FabricEnvironmentError
+from fabric_lite.launchers.base import describe_exit, print_root_cause
 from fabric_lite.launchers.external import die_with_parent
 from fabric_lite.utilities.distributed import find_free_port, port_in_use
 
@@ -81,9 +84,33 @@ class MultiProcessLauncher:
             start_method=self.start_method,
             join=False,
         )
-        while not processes.join():
-            pass
+        try:
+            while not processes.join():
+                pass
+        except mp.ProcessRaisedException as error:
+            self._report(error.error_index, "an exception", _child_traceback(str(error)))
+            raise ProcessFailedError(f"rank {self._rank(error.error_index)} raised; see the traceback above.") from None
+        except mp.ProcessExitedException as error:
+            how = describe_exit(-signal.Signals[error.signal_name].value if error.signal_name else error.exit_code)
+            self._report(error.error_index, how, None)
+            raise ProcessFailedError(f"rank {self._rank(error.error_index)} failed with {how}.") from None
         return results.get() if not results.empty() else None
+
+    def _rank(self, local_rank: int) -> int:
+        return int(os.environ.get("NODE_RANK", "0")) * self.num_processes + local_rank
+
+    def _report(self, local_rank: int, how: str, callstack: str | None) -> None:
+        print_root_cause(rank=self._rank(local_rank), local_rank=local_rank, host=socket.gethostname(), how=how,
+                         callstack=callstack)
+
+
+class ProcessFailedError(FabricEnvironmentError):
+    """A rank of a spawned run failed; the root cause was printed first."""
+
+
+def _child_traceback(message: str) -> str:
+    marker = "terminated with the following error:"
+    return message.split(marker, 1)[1].strip() if marker in message else message
 
 
 def _run_in_process(

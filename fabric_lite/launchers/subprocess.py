@@ -19,6 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from fabric_lite.errors import FabricEnvironmentError
+from fabric_lite.launchers.base import describe_exit, print_root_cause
 from fabric_lite.launchers.external import PARENT_PID_VARIABLE, install_error_file_hook
 from fabric_lite.utilities.distributed import find_free_port, port_in_use
 
@@ -42,7 +43,12 @@ class SubprocessLauncher:
         return None if function is None else function(fabric, *args, **kwargs)
 
     def _start_other_ranks(self) -> None:
+        import logging
+
         from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, start_processes
+
+        # torch's own log names children by their index (0 = our local rank 1); our report names ranks.
+        logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
 
         address = os.environ.get("MASTER_ADDR", "127.0.0.1")
         node_rank = int(os.environ.get("NODE_RANK", "0"))
@@ -86,7 +92,7 @@ class SubprocessLauncher:
         os.environ["RANK"] = str(node_rank * self.num_processes)
         if self._context is not None:
             threading.Thread(target=self._watch, name="fabric_lite-watch", daemon=True).start()
-            _chain_excepthook(self._stop_children)
+            self._chain_excepthook()
             atexit.register(self._wait_for_children)
 
     def _watch(self) -> None:
@@ -99,6 +105,27 @@ class SubprocessLauncher:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
+
+    def _chain_excepthook(self) -> None:
+        """When rank 0 raises, say whether another rank failed first (its failure is then the root cause)."""
+        install_error_file_hook()
+        previous = sys.excepthook
+
+        def hook(exc_type: Any, exc: Any, tb: Any) -> None:
+            self._stopping.set()
+            # A collective on rank 0 fails right after a peer dies; give that peer's exit a moment to be seen.
+            result = self._context.wait(timeout=0.5, period=0.05)
+            if result is not None and result.is_failed():
+                report_failure(result.failures, self.num_processes, int(os.environ.get("NODE_RANK", "0")))
+                print("fabric_lite: rank 0 then failed as a consequence:", file=sys.stderr, flush=True)
+                previous(exc_type, exc, tb)
+            else:
+                previous(exc_type, exc, tb)
+                print("fabric_lite: Root cause: rank 0 failed (traceback above); stopping the other ranks.",
+                      file=sys.stderr, flush=True)
+            self._stop_children()
+
+        sys.excepthook = hook
 
     def _stop_children(self) -> None:
         if self._context is not None:
@@ -115,37 +142,16 @@ class SubprocessLauncher:
             os._exit(1)
 
 
-def _chain_excepthook(on_error: Callable[[], None]) -> None:
-    install_error_file_hook()
-    previous = sys.excepthook
-
-    def hook(exc_type: Any, exc: Any, tb: Any) -> None:
-        previous(exc_type, exc, tb)
-        print("fabric_lite: rank 0 failed (traceback above); stopping the other ranks.", file=sys.stderr, flush=True)
-        on_error()
-
-    sys.excepthook = hook
-
-
 def report_failure(failures: dict[int, Any], num_processes: int, node_rank: int) -> None:
-    """Print the first failure (by time) first: rank, host, exit code or signal, and its traceback."""
-    if not failures:
-        return
+    """Print the failures of the started ranks, the first one (by time) first."""
     host = socket.gethostname()
     ordered = sorted(failures.items(), key=lambda item: item[1].timestamp)
     for position, (index, failure) in enumerate(ordered):
         local_rank = index + 1  # child index 0 is local rank 1
-        rank = node_rank * num_processes + local_rank
-        how = f"exit code {failure.exitcode}"
-        if failure.exitcode < 0:
-            try:
-                how = f"signal {signal.Signals(-failure.exitcode).name}"
-            except ValueError:
-                how = f"signal {-failure.exitcode}"
-        title = "Root cause" if position == 0 else "Also failed"
-        print(f"fabric_lite: {title}: rank {rank} (local rank {local_rank}) on {host} failed with {how}.", file=sys.stderr)
-        trace = (failure.error_file_data or {}).get("message", {}) if isinstance(failure.error_file_data, dict) else {}
-        callstack = trace.get("extraInfo", {}).get("py_callstack") if isinstance(trace, dict) else None
-        if callstack:
-            print(callstack.rstrip(), file=sys.stderr)
-    sys.stderr.flush()
+        data = failure.error_file_data if isinstance(failure.error_file_data, dict) else {}
+        message = data.get("message", {})
+        callstack = message.get("extraInfo", {}).get("py_callstack") if isinstance(message, dict) else None
+        print_root_cause(
+            rank=node_rank * num_processes + local_rank, local_rank=local_rank, host=host,
+            how=describe_exit(failure.exitcode), callstack=callstack, first=position == 0,
+        )

@@ -112,6 +112,8 @@ class DDPStrategy(Strategy):
             return
         env = self.cluster_environment
         address, port = env.main_address, env.main_port
+        if port <= 0 and self.world_size == 1:
+            port = collectives.find_free_port(address)  # a world of one meets only itself
         if port <= 0:
             raise FabricEnvironmentError(
                 f"DDP on rank {self.global_rank} has no rendezvous port (MASTER_PORT is unset). "

@@ -67,15 +67,30 @@ def all_gather(tensor: torch.Tensor, group: Any | None = None, sync_grads: bool 
 
 def _stack(tensor: torch.Tensor, group: Any | None, sync_grads: bool, world: int) -> torch.Tensor:
     if sync_grads:
-        from torch.distributed.nn.functional import all_gather as differentiable_all_gather
-
-        return torch.stack(differentiable_all_gather(tensor, group=group or dist.group.WORLD))
+        return _GatherWithGradients.apply(tensor, group)
     with torch.no_grad():
         out = torch.empty((world, *tensor.shape), dtype=tensor.dtype, device=tensor.device)
         dist.all_gather_into_tensor(out, tensor, group=group) if _has_gather_into_tensor(tensor) else dist.all_gather(
             list(out.unbind(0)), tensor, group=group
         )
         return out
+
+
+class _GatherWithGradients(torch.autograd.Function):
+    """all_gather whose backward sends each rank the summed gradient of its own slice."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any | None) -> torch.Tensor:
+        ctx.group = group
+        parts = [torch.empty_like(tensor) for _ in range(_world(group))]
+        dist.all_gather(parts, tensor, group=group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[dist.get_rank(ctx.group)], None
 
 
 def _has_gather_into_tensor(tensor: torch.Tensor) -> bool:
