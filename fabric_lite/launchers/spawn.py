@@ -8,6 +8,7 @@ root cause printed first.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import socket
 from typing import TYPE_CHECKING, Any, Callable
@@ -87,13 +88,10 @@ class MultiProcessLauncher:
         try:
             while not processes.join():
                 pass
-        except mp.ProcessRaisedException as error:
-            self._report(error.error_index, "an exception", _child_traceback(str(error)))
-            raise ProcessFailedError(f"rank {self._rank(error.error_index)} raised; see the traceback above.") from None
-        except mp.ProcessExitedException as error:
-            how = describe_exit(-signal.Signals[error.signal_name].value if error.signal_name else error.exit_code)
-            self._report(error.error_index, how, None)
-            raise ProcessFailedError(f"rank {self._rank(error.error_index)} failed with {how}.") from None
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
+            index, how, callstack = _root_cause(processes, error)
+            self._report(index, how, callstack)
+            raise ProcessFailedError(f"rank {self._rank(index)} failed with {how}; see the report above.") from None
         return results.get() if not results.empty() else None
 
     def _rank(self, local_rank: int) -> int:
@@ -108,9 +106,34 @@ class ProcessFailedError(FabricEnvironmentError):
     """A rank of a spawned run failed; the root cause was printed first."""
 
 
-def _child_traceback(message: str) -> str:
-    marker = "terminated with the following error:"
-    return message.split(marker, 1)[1].strip() if marker in message else message
+# A collective fails on every survivor right after a peer dies: such errors are consequences, not causes.
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
+              "NCCL communicator was aborted")
+
+
+def _root_cause(processes: Any, error: Exception) -> tuple[int, str, str | None]:
+    """The rank that failed first: torch reports whichever failure it noticed first, which under a
+    collective is often a survivor complaining that its peer vanished."""
+    reported = error.error_index  # type: ignore[attr-defined]
+    exceptions: list[tuple[float, int, str]] = []
+    for index, path in enumerate(processes.error_files):
+        try:
+            with open(path, "rb") as handle:
+                trace = pickle.load(handle)
+            exceptions.append((os.path.getmtime(path), index, trace))
+        except (OSError, EOFError, pickle.UnpicklingError):
+            continue
+    causes = sorted(e for e in exceptions if not any(marker in e[2] for marker in _PEER_LOST))
+    if isinstance(error, mp.ProcessExitedException) and not any(i == reported for _, i, _ in exceptions):
+        how = describe_exit(-signal.Signals[error.signal_name].value if error.signal_name else error.exit_code)
+        return reported, how, None  # died without a Python exception: nothing else can have caused it
+    if causes:
+        return causes[0][1], "an exception", causes[0][2]
+    for index, process in enumerate(processes.processes):
+        if process.exitcode is not None and process.exitcode < 0 and process.exitcode != -signal.SIGTERM:
+            return index, describe_exit(process.exitcode), None
+    trace = next((t for _, i, t in exceptions if i == reported), None)
+    return reported, "an exception", trace
 
 
 def _run_in_process(
