@@ -2,9 +2,12 @@
 
 The lines marked ``# fabric_lite:`` are the only ones that changed from the plain PyTorch script;
 everything else is the loop you already had. No download: the data ships with scikit-learn.
-Run in one process today; ``main(argv)`` is re-entrant so that multi-process launchers can re-run it.
+The same script runs in one process or many, started by itself or by a launcher:
 
-    python examples/digits.py                                  # CPU (or the best device found), fp32
+    python examples/digits.py                                  # one process on the best device found, fp32
+    python examples/digits.py --accelerator cpu --devices 2    # 2 DDP processes (the script re-runs itself)
+    fabric-run --accelerator cpu --devices 2 examples/digits.py
+    torchrun --nproc-per-node 2 examples/digits.py --accelerator cpu
     python examples/digits.py --precision bf16-mixed --checkpoint out/digits.ckpt --log-dir logs
 """
 
@@ -30,10 +33,11 @@ TARGET = 0.90
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # The first four mirror Fabric(...)'s arguments and are passed through unchanged.
-    parser.add_argument("--accelerator", default="auto", help="cpu, cuda, mps, xla or auto (default)")
-    parser.add_argument("--strategy", default="auto", help="auto (default) or single_device")
-    parser.add_argument("--devices", default="1", help="a count (default 1), -1, 'auto' or indices such as '0,1'")
-    # None is Fabric's own default (32-true); a literal "32-true" would clash with fabric-run --precision.
+    # None means "not given": Fabric's own default, or what fabric-run hands over (an explicit value that
+    # differs from fabric-run's would be a conflict).
+    parser.add_argument("--accelerator", default=None, help="cpu, cuda, mps, xla or auto (default)")
+    parser.add_argument("--strategy", default=None, help="auto (default), ddp, ddp_spawn, ... or single_device")
+    parser.add_argument("--devices", default=None, help="a count, -1, 'auto' (default) or indices such as '0,1'")
     parser.add_argument(
         "--precision", default=None, help="32-true (default), 64-true, 16-mixed, bf16-mixed, 16-true or bf16-true"
     )
@@ -61,13 +65,11 @@ def load_data() -> tuple[TensorDataset, TensorDataset]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    devices = int(args.devices) if args.devices.lstrip("-").isdigit() else args.devices
+    given = {k: getattr(args, k) for k in ("accelerator", "strategy", "devices", "precision") if getattr(args, k)}
     loggers = [CSVLogger(args.log_dir, name="digits")] if args.log_dir else None  # fabric_lite: new line
     # fabric_lite: was device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    fabric = Fabric(
-        accelerator=args.accelerator, strategy=args.strategy, devices=devices, precision=args.precision, loggers=loggers
-    )
-    fabric.launch()  # fabric_lite: new line (a no-op in one process)
+    fabric = Fabric(**given, loggers=loggers)
+    fabric.launch()  # fabric_lite: new line (starts the other processes, if any)
     torch.manual_seed(args.seed)
 
     train_set, val_set = load_data()
@@ -78,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     # rounds to 0 (a zero gradient gives 0/0 = NaN) and tiny squared gradients underflow (huge steps).
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4, eps=1e-4)
     model, optimizer = fabric.setup(model, optimizer)  # fabric_lite: was model.to(device)
-    train_loader, val_loader = fabric.setup_dataloaders(train_loader, val_loader)  # fabric_lite: new line
+    train_loader = fabric.setup_dataloaders(train_loader)  # fabric_lite: new line (each rank gets its share)
+    # even_batches=False: no padding repeats, so every validation sample is counted exactly once
+    val_loader = fabric.setup_dataloaders(val_loader, even_batches=False)  # fabric_lite: new line
 
     accuracy = 0.0
     for epoch in range(args.epochs):
@@ -96,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             for x, y in val_loader:
                 counts += torch.stack([(model(x).argmax(dim=1) == y).sum(), torch.tensor(len(y), device=y.device)])
-        # Sum counts, not per-process accuracies: exact with several processes (360 validation samples
-        # split evenly for 2-6 or 8 processes, so the distributed sampler pads none).
+        # Sum counts, not per-process accuracies: exact with any number of processes.
         correct, seen = fabric.all_reduce(counts, reduce_op="sum").tolist()  # fabric_lite: was counts.tolist()
         # fabric_lite: was loss_sum.item() / len(train_set)
         train_loss = fabric.all_reduce(loss_sum, reduce_op="sum").item() / len(train_set)

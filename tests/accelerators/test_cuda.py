@@ -138,3 +138,37 @@ def test_collectives_return_cuda_tensors():
     gathered = fabric.all_gather(3.0)
     assert gathered.device.type == "cuda" and gathered.shape == (1,)
     assert fabric.all_reduce(torch.ones(2), reduce_op="sum").device.type == "cuda"
+
+
+def test_ddp_with_nccl_and_dp_on_one_gpu():
+    model, x, y = model_and_data()
+    reference = copy.deepcopy(model).cuda()
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    ref_opt.zero_grad()
+    nn.functional.cross_entropy(reference(x.cuda()), y.cuda()).backward()
+    ref_opt.step()
+    for strategy in ("ddp", "dp"):
+        m = copy.deepcopy(model)
+        fabric = Fabric(accelerator="cuda", devices=1, strategy=strategy)
+        fabric.launch()
+        fm, fo = fabric.setup(m, torch.optim.SGD(m.parameters(), lr=0.1))
+        fabric.backward(nn.functional.cross_entropy(fm(x.cuda()), y.cuda()))
+        fo.step()
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(reference.parameters(), fm.parameters())), strategy
+        assert fabric.all_reduce(torch.ones(1, device="cuda"), reduce_op="sum").item() == 1.0
+        fabric.strategy.teardown()
+
+
+def test_fork_after_cuda_initialised_is_refused():
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; torch.zeros(1, device='cuda')\n"
+        "from fabric_lite import Fabric\n"
+        "def f(fabric): pass\n"
+        "Fabric(accelerator='cpu', devices=2, strategy='ddp_fork').launch(f)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "forks processes, but CUDA is already initialised in this process" in result.stderr

@@ -67,3 +67,20 @@ def test_digits_exits_nonzero_below_target() -> None:
     assert accuracy < 0.90
     assert "(target > 0.90: FAILED)" in proc.stdout
     assert proc.returncode == 1
+
+
+def test_digits_on_two_processes_matches_the_target_and_prints_once() -> None:
+    proc, accuracy = run_digits("--devices", "2", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert accuracy > 0.90
+    # fabric.print prints on local rank 0 only: one line per epoch, not two
+    assert proc.stdout.count("val acc") == int(EPOCHS)
+
+
+def test_demo_script_runs_two_processes() -> None:
+    root = SCRIPT.parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(root / "scripts" / "demo.sh"), "--epochs", EPOCHS], capture_output=True,
+                          text=True, timeout=300, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "demo passed: examples/digits.py trained on 2 process(es)" in proc.stdout
