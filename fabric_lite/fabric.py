@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 
 from fabric_lite.accelerators import Accelerator
 from fabric_lite.errors import ConfigurationError, UsageError
-from fabric_lite.plan import Plan, instantiate, make_launcher, resolve
+from fabric_lite.build import instantiate, make_launcher
+from fabric_lite.plan import Plan, resolve
 from fabric_lite.precision.base import Precision
 from fabric_lite.strategies.base import Strategy, validate_reduce_op
 from fabric_lite.utilities.apply_func import (

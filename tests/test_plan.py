@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fabric_lite import Fabric
-from fabric_lite.errors import ConfigurationError, FabricEnvironmentError
+from fabric_lite.errors import ConfigurationError
 from fabric_lite.environments import LocalEnvironment
 from fabric_lite.plan import resolve
 from fabric_lite.precision import HalfPrecision, MixedPrecision, Precision

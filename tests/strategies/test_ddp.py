@@ -136,7 +136,7 @@ def test_one_rank_failing_stops_the_whole_job(launcher, mode, tmp_path):
     if launcher in ("subprocess", "spawn"):
         how = ("exit code 1" if launcher == "subprocess" else "an exception") if mode == "raise" else "signal SIGKILL"
         report = output[output.index("fabric_lite: Root cause:"):]
-        assert report.startswith(f"fabric_lite: Root cause: rank 1 (local rank 1) on "), output
+        assert report.startswith("fabric_lite: Root cause: rank 1 (local rank 1) on "), output
         assert report.splitlines()[0].endswith(f"failed with {how}."), output
         if mode == "raise":
             assert "RuntimeError: rank 1 broke on purpose" in report

@@ -3,11 +3,10 @@
 import argparse
 import json
 import os
-import sys
 
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from fabric_lite import Fabric
 

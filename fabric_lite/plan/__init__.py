@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from fabric_lite.accelerators import AUTO_ORDER, Accelerator, probe_available
 from fabric_lite.environments.base import ClusterEnvironment
 from fabric_lite.errors import ConfigurationError, FabricEnvironmentError, choices_error
 from fabric_lite.precision.base import Precision
+from fabric_lite.plan.checks import validate
+from fabric_lite.plan.devices import resolve_devices, resolve_num_nodes
+from fabric_lite.plan.model import Plan
 from fabric_lite.registry import ACCELERATORS, ENVIRONMENTS, LAUNCHERS, PRECISIONS, STRATEGIES
 from fabric_lite.strategies.base import Strategy
+
+__all__ = ["HANDOVER", "Plan", "resolve"]
 
 #: The variables ``fabric-run`` uses to hand settings to the script, by Fabric argument.
 HANDOVER = {
@@ -43,55 +47,6 @@ _ENVIRONMENT_ORDER = ("torchelastic", "slurm", "local")
 # strategy="auto" with more than one process, by accelerator.
 _MULTI_PROCESS_DEFAULT = {"cpu": "ddp", "cuda": "ddp", "mps": "ddp", "xla": "xla"}
 _SINGLE_PROCESS_DEFAULT = {"xla": "single_xla"}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What will run, decided once: names, device indices, sizes, the reasons, and any user instances."""
-
-    accelerator: str
-    strategy: str
-    precision: str
-    cluster_environment: str
-    launcher: str
-    devices: tuple[int, ...]
-    num_nodes: int
-    reasons: Mapping[str, str]
-    #: (world size, processes per node) reported by an environment that made the processes, else None.
-    external_sizes: tuple[int, int | None] | None = None
-    devices_given: bool = True
-    accelerator_instance: Accelerator | None = field(default=None, repr=False, compare=False)
-    strategy_instance: Strategy | None = field(default=None, repr=False, compare=False)
-    precision_instance: Precision | None = field(default=None, repr=False, compare=False)
-    environment_instance: ClusterEnvironment | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def num_devices(self) -> int:
-        return len(self.devices)
-
-    @property
-    def world_size(self) -> int:
-        return self.num_devices * self.num_nodes
-
-    def table(self) -> str:
-        """The plan as an aligned text table: component, choice, reason."""
-        rows = [
-            ("accelerator", self.accelerator),
-            ("strategy", self.strategy),
-            ("precision", self.precision),
-            ("cluster_environment", self.cluster_environment),
-            ("launcher", self.launcher),
-            ("devices", ",".join(map(str, self.devices))),
-            ("num_nodes", str(self.num_nodes)),
-        ]
-        width = max(len(name) for name, _ in rows)
-        choice_width = max(len(choice) for _, choice in rows)
-        lines = [f"{'component'.ljust(width)}  {'choice'.ljust(choice_width)}  reason"]
-        lines += [f"{name.ljust(width)}  {choice.ljust(choice_width)}  {self.reasons.get(name, '')}" for name, choice in rows]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
 
 
 def resolve(
@@ -129,8 +84,10 @@ def resolve(
     strategy_instance = given["strategy"] if isinstance(given["strategy"], Strategy) else None
 
     accelerator_name = _resolve_accelerator(given["accelerator"], strategy_instance, available, reasons)
-    device_indices = _resolve_devices(given["devices"], accelerator_name, available, reasons)
-    nodes = _resolve_num_nodes(given["num_nodes"], reasons)
+    device_indices = resolve_devices(
+        given["devices"], accelerator_name, available, reasons, asked=_asked("devices", given["devices"], reasons)
+    )
+    nodes = resolve_num_nodes(given["num_nodes"], reasons, asked=_asked("num_nodes", given["num_nodes"], reasons))
     environment_name = _resolve_environment(environment_plugin, env, reasons)
     world_size = len(device_indices) * nodes
     environment = environment_plugin or ENVIRONMENTS.get(environment_name, asked=environment_name).create(
@@ -164,7 +121,7 @@ def resolve(
         precision_instance=precision_plugin,
         environment_instance=environment_plugin,
     )
-    _validate(plan)
+    validate(plan)
     return plan
 
 
@@ -277,88 +234,6 @@ def _resolve_accelerator(
     return name
 
 
-# --------------------------------------------------------------------------------- devices
-def _resolve_devices(value: Any, accelerator: str, available: Mapping[str, int], reasons: dict[str, str]) -> tuple[int, ...]:
-    asked = _asked("devices", value, reasons)
-    count = available.get(accelerator, 0)
-    is_cpu = accelerator == "cpu"
-    if isinstance(value, str):
-        raw = value.strip().replace(" ", "")
-        is_list = raw.startswith("[") or "," in raw  # "0,1", "1," and "[1]" name indices; "2" is a count
-        text = raw.strip("[]")
-        parts = [part for part in text.split(",") if part]
-        if text == "auto":
-            value = "auto"
-        elif not is_list and text.lstrip("-").isdigit():
-            value = int(text)
-        elif is_list and parts and all(part.isdigit() for part in parts):
-            value = [int(part) for part in parts]
-        else:
-            raise ConfigurationError(
-                f"{asked} is not a device count or a list of device indices. "
-                f"Choose one of: 'auto', a positive int such as 2, -1 for all devices, or indices such as '0,1'."
-            )
-    if value == "auto":
-        number = 1 if is_cpu else max(count, 1)
-        reasons.setdefault("devices", "auto: one process on CPU" if is_cpu else f"auto: all {number} {accelerator} devices")
-        return tuple(range(number))
-    if isinstance(value, bool) or not isinstance(value, (int, list, tuple)):
-        raise ConfigurationError(
-            f"{asked} has the wrong type ({type(value).__name__}). "
-            f"Choose one of: 'auto', a positive int, -1 for all devices, or a list of indices."
-        )
-    if isinstance(value, int):
-        if value == -1:
-            if is_cpu:
-                raise ConfigurationError(
-                    f"{asked} means 'all devices', which is not defined for the CPU (devices counts processes). "
-                    f"Fix: give the number of processes, e.g. devices=2."
-                )
-            reasons.setdefault("devices", f"-1: all {count} {accelerator} devices")
-            return tuple(range(count))
-        if value < -1:
-            raise ConfigurationError(
-                f"{asked} is negative. Choose one of: 'auto', a positive int, -1 for all devices, or a list of indices."
-            )
-        if value == 0:
-            raise ConfigurationError(
-                f"{asked} asks for no device at all. Fix: devices=1 (or more), or 'auto'."
-            )
-        if not is_cpu and value > count:
-            raise FabricEnvironmentError(
-                f"{asked} asks for {value} {accelerator} devices but only {count} are available. "
-                f"Fix: devices={count} or devices=-1."
-            )
-        reasons.setdefault("devices", "requested")
-        return tuple(range(value))
-    indices = list(value)
-    if is_cpu:
-        raise ConfigurationError(
-            f"{asked} lists device indices, but on the CPU devices counts processes. Fix: devices={len(indices)}."
-        )
-    if not indices or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
-        raise ConfigurationError(f"{asked} must be a non-empty list of device indices. Fix: e.g. devices=[0, 1].")
-    bad = [i for i in indices if not 0 <= i < count]
-    if bad or len(set(indices)) != len(indices):
-        raise FabricEnvironmentError(
-            f"{asked} names {accelerator} devices that do not exist or repeat: {bad or indices}. "
-            f"Available indices: {list(range(count))}. Fix: choose distinct indices from that list."
-        )
-    reasons.setdefault("devices", "requested indices")
-    return tuple(indices)
-
-
-def _resolve_num_nodes(value: Any, reasons: dict[str, str]) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"{_asked('num_nodes', value, reasons)} must be a positive int. Fix: num_nodes=1 for one machine."
-        )
-    reasons.setdefault("num_nodes", "requested" if value != 1 else "default: one machine")
-    return value
-
-
 # --------------------------------------------------------------------------------- step 3
 def _resolve_environment(plugin: ClusterEnvironment | None, env: Mapping[str, str], reasons: dict[str, str]) -> str:
     if plugin is not None:
@@ -451,93 +326,3 @@ def _resolve_launcher(
     )
     assert name in LAUNCHERS, name
     return name
-
-
-# --------------------------------------------------------------------------------- step 6
-# (predicate, message) pairs; the message is "what you asked -> why -> Fix:".
-_UNSUPPORTED: list[tuple[Callable[[Plan], bool], Callable[[Plan], str]]] = [
-    (
-        lambda p: p.strategy == "single_device" and p.world_size > 1,
-        lambda p: (
-            f"Fabric(strategy='single_device', devices={p.num_devices}, num_nodes={p.num_nodes}) asks for "
-            f"{p.world_size} processes, but single_device runs exactly one. Fix: devices=1, or a multi-process strategy."
-        ),
-    ),
-    (
-        lambda p: p.accelerator == "mps" and p.precision == "64-true",
-        lambda p: (
-            "Fabric(accelerator='mps', precision='64-true') cannot work: MPS has no float64. "
-            "Fix: precision='32-true', or accelerator='cpu' for float64."
-        ),
-    ),
-    (
-        lambda p: p.accelerator == "mps" and p.num_devices > 1,
-        lambda p: f"Fabric(accelerator='mps', devices={p.num_devices}): a Mac has one MPS device. Fix: devices=1.",
-    ),
-]
-
-
-def _external_mismatch(p: Plan) -> bool:
-    if p.external_sizes is None or not p.devices_given or p.strategy == "dp":
-        return False
-    world, per_node = p.external_sizes
-    return world != p.world_size or (per_node is not None and per_node != p.num_devices)
-
-
-_UNSUPPORTED += [
-    (
-        lambda p: p.strategy == "dp" and p.accelerator != "cuda",
-        lambda p: f"Fabric(strategy='dp', accelerator={p.accelerator!r}): DataParallel splits batches over CUDA GPUs. "
-        f"Fix: strategy='ddp' for several {p.accelerator} processes, or accelerator='cuda'.",
-    ),
-    (
-        _external_mismatch,
-        lambda p: (
-            f"Fabric(devices={p.num_devices}, num_nodes={p.num_nodes}) expects {p.world_size} processes "
-            f"({p.num_devices} per node), but {p.cluster_environment} started {p.external_sizes[0]}"  # type: ignore[index]
-            + (f" ({p.external_sizes[1]} per node)" if p.external_sizes and p.external_sizes[1] else "")  # type: ignore[index]
-            + ". Fix: make them agree, e.g. srun --ntasks-per-node=DEVICES -N NUM_NODES, or torchrun "
-            "--nproc-per-node=DEVICES --nnodes=NUM_NODES, or pass the matching devices/num_nodes to Fabric."
-        ),
-    ),
-]
-
-
-def _validate(plan: Plan) -> None:
-    for predicate, message in _UNSUPPORTED:
-        if predicate(plan):
-            raise ConfigurationError(message(plan))
-
-
-# --------------------------------------------------------------------------------- building
-def instantiate(plan: Plan) -> Strategy:
-    """Create the accelerator, precision, environment and strategy objects the plan names, wired together."""
-    accelerator = plan.accelerator_instance or ACCELERATORS.get(plan.accelerator, asked=plan.accelerator).create()
-    device_type = accelerator.get_device(plan.devices[0]).type if plan.accelerator != "xla" else "xla"
-    precision = plan.precision_instance or PRECISIONS.get(plan.precision, asked=plan.precision).create(device=device_type)
-    environment = plan.environment_instance or ENVIRONMENTS.get(plan.cluster_environment, asked="").create(
-        num_processes=plan.num_devices, num_nodes=plan.num_nodes
-    )
-    if plan.strategy_instance is not None:
-        strategy = plan.strategy_instance
-        strategy.accelerator = strategy.accelerator or accelerator
-        strategy.precision = precision
-        if plan.environment_instance is not None:
-            strategy.cluster_environment = environment
-        return strategy
-    local_index = plan.devices[environment.local_rank() % plan.num_devices]
-    return STRATEGIES.get(plan.strategy, asked=plan.strategy).create(
-        device=accelerator.get_device(local_index),
-        accelerator=accelerator,
-        precision=precision,
-        cluster_environment=environment,
-        parallel_devices=[accelerator.get_device(i) for i in plan.devices],
-        num_nodes=plan.num_nodes,
-    )
-
-
-def make_launcher(plan: Plan) -> Any:
-    """The launcher object the plan names."""
-    return LAUNCHERS.get(plan.launcher, asked=plan.launcher).create(
-        num_processes=plan.num_devices, num_nodes=plan.num_nodes, strategy_name=plan.strategy
-    )

@@ -1,0 +1,42 @@
+"""Build the objects a Plan names: accelerator, precision, environment, strategy (wired together) and launcher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fabric_lite.plan.model import Plan
+from fabric_lite.registry import ACCELERATORS, ENVIRONMENTS, LAUNCHERS, PRECISIONS, STRATEGIES
+from fabric_lite.strategies.base import Strategy
+
+
+def instantiate(plan: Plan) -> Strategy:
+    """Create the accelerator, precision, environment and strategy objects the plan names, wired together."""
+    accelerator = plan.accelerator_instance or ACCELERATORS.get(plan.accelerator, asked=plan.accelerator).create()
+    device_type = accelerator.get_device(plan.devices[0]).type if plan.accelerator != "xla" else "xla"
+    precision = plan.precision_instance or PRECISIONS.get(plan.precision, asked=plan.precision).create(device=device_type)
+    environment = plan.environment_instance or ENVIRONMENTS.get(plan.cluster_environment, asked="").create(
+        num_processes=plan.num_devices, num_nodes=plan.num_nodes
+    )
+    if plan.strategy_instance is not None:
+        strategy = plan.strategy_instance
+        strategy.accelerator = strategy.accelerator or accelerator
+        strategy.precision = precision
+        if plan.environment_instance is not None:
+            strategy.cluster_environment = environment
+        return strategy
+    local_index = plan.devices[environment.local_rank() % plan.num_devices]
+    return STRATEGIES.get(plan.strategy, asked=plan.strategy).create(
+        device=accelerator.get_device(local_index),
+        accelerator=accelerator,
+        precision=precision,
+        cluster_environment=environment,
+        parallel_devices=[accelerator.get_device(i) for i in plan.devices],
+        num_nodes=plan.num_nodes,
+    )
+
+
+def make_launcher(plan: Plan) -> Any:
+    """The launcher object the plan names."""
+    return LAUNCHERS.get(plan.launcher, asked=plan.launcher).create(
+        num_processes=plan.num_devices, num_nodes=plan.num_nodes, strategy_name=plan.strategy
+    )
