@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from datetime import timedelta
@@ -131,6 +132,8 @@ class DDPStrategy(Strategy):
                 timeout=self.timeout,
                 **kwargs,
             )
+            # Scripts rarely tear down themselves; NCCL warns (and may leak) when the group outlives main.
+            atexit.register(_destroy_process_group)
         except dist.DistNetworkError as error:
             raise FabricEnvironmentError(
                 f"DDP rank {self.global_rank} could not open the rendezvous at {address}:{port}: {error}. "
@@ -195,6 +198,14 @@ class DDPStrategy(Strategy):
             f"{type(self).__name__}(start_method={self.start_method!r}, devices={len(self.parallel_devices)}, "
             f"num_nodes={self.num_nodes}, precision={self.precision.name!r})"
         )
+
+
+def _destroy_process_group() -> None:
+    if collectives.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # at interpreter exit a peer may be gone already: nothing left to release
+            pass
 
 
 def fork_available() -> bool:
