@@ -7,8 +7,6 @@ over with an import swap. Fabric never branches on a concrete strategy type: it 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import os
 from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ContextManager
@@ -30,10 +28,10 @@ from fabric_lite.utilities.apply_func import (
     convert_to_tensors,
     move_data_to_device,
 )
-from fabric_lite.utilities.data import distributed_sampler, needs_sampler, with_sampler
+from fabric_lite.utilities.data import optimizer_state_to, prepare_dataloader
 from fabric_lite.utilities.rank_zero import rank_zero_only, rank_zero_warn
-from fabric_lite.utilities.seed import WORKERS_VARIABLE, _WorkerInit
 from fabric_lite.utilities.seed import seed_everything as _seed_everything
+from fabric_lite.validation import check_dataloaders, check_launch_function, check_module, check_optimizers
 from fabric_lite.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, unwrap, wrap_optimizer
 
 
@@ -158,16 +156,7 @@ class Fabric:
         In one process (or when fabric-run/torchrun already made the processes) this prepares the
         device and calls ``function`` directly. Calling it twice is harmless.
         """
-        if not callable(function):
-            raise ConfigurationError(
-                f"fabric.launch({function!r}) needs a function. Fix: fabric.launch() or fabric.launch(train) where "
-                f"train(fabric, ...) is your training function."
-            )
-        if function is not _do_nothing and not _accepts_an_argument(function):
-            raise ConfigurationError(
-                f"fabric.launch({getattr(function, '__name__', function)}) : the function takes no argument, but the "
-                f"launcher passes the Fabric object first. Fix: def {getattr(function, '__name__', 'train')}(fabric): ..."
-            )
+        check_launch_function(function, given=function is not _do_nothing)
         if self._launched:
             # Processes exist already (fabric-run, torchrun, SLURM, or a second call): just run here.
             return None if function is _do_nothing else function(self, *args, **kwargs)
@@ -204,8 +193,8 @@ class Fabric:
             >>> model = torch.nn.Linear(3, 1)
             >>> model, opt = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
         """
-        self._validate_setup_module(module, "setup")
-        self._validate_optimizers(optimizers, "setup")
+        check_module(module, "setup")
+        check_optimizers(optimizers, "setup")
         self._validate_launched("setup")
         self._setup_environment()
         original = module
@@ -226,14 +215,14 @@ class Fabric:
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True, _reapply_compile: bool = True) -> FabricModule:
         """Set up a model alone (for inference, or strategies that need the model before the optimizer)."""
-        self._validate_setup_module(module, "setup_module")
+        check_module(module, "setup_module")
         return self.setup(module, move_to_device=move_to_device)
 
     def setup_optimizers(self, *optimizers: Optimizer) -> FabricOptimizer | tuple[FabricOptimizer, ...]:
         """Set up optimizers created after :meth:`setup_module`."""
         if not optimizers:
             raise ConfigurationError("fabric.setup_optimizers() got no optimizer. Fix: fabric.setup_optimizers(optimizer).")
-        self._validate_optimizers(optimizers, "setup_optimizers")
+        check_optimizers(optimizers, "setup_optimizers")
         wrapped = [wrap_optimizer(self._strategy.setup_optimizer(o), self._strategy) for o in optimizers]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
@@ -254,20 +243,7 @@ class Fabric:
                 DDP). ``False`` splits without repeats, so evaluation metrics summed with ``all_reduce`` count
                 each sample exactly once; ranks may then get one batch fewer.
         """
-        if not dataloaders:
-            raise ConfigurationError(
-                "fabric.setup_dataloaders() got no dataloader. Fix: fabric.setup_dataloaders(train_loader, val_loader)."
-            )
-        for loader in dataloaders:
-            if isinstance(loader, FabricDataLoader):
-                raise ConfigurationError(
-                    "fabric.setup_dataloaders() got a dataloader that is already set up. Fix: pass each dataloader once."
-                )
-            if not isinstance(loader, DataLoader):
-                raise ConfigurationError(
-                    f"fabric.setup_dataloaders() got a {type(loader).__name__}, but only torch.utils.data.DataLoader is "
-                    f"supported. Fix: wrap your data in DataLoader(dataset, batch_size=...)."
-                )
+        check_dataloaders(dataloaders)
         self._validate_launched("setup_dataloaders")
         self._setup_environment()
         wrapped = [self._setup_dataloader(d, use_distributed_sampler, move_to_device, even_batches) for d in dataloaders]
@@ -276,47 +252,16 @@ class Fabric:
     def _setup_dataloader(
         self, dataloader: DataLoader, use_distributed_sampler: bool, move_to_device: bool, even_batches: bool
     ) -> Any:
-        sampler_kwargs = self._strategy.distributed_sampler_kwargs
-        if use_distributed_sampler and sampler_kwargs is not None and needs_sampler(dataloader):
-            sampler = distributed_sampler(dataloader, even_batches=even_batches, **sampler_kwargs)
-            dataloader = with_sampler(dataloader, sampler)
-        if os.environ.get(WORKERS_VARIABLE) == "1" and dataloader.num_workers > 0:
-            dataloader.worker_init_fn = _WorkerInit(self.global_rank, dataloader.worker_init_fn)
+        sampler_kwargs = self._strategy.distributed_sampler_kwargs if use_distributed_sampler else None
+        dataloader = prepare_dataloader(dataloader, sampler_kwargs, rank=self.global_rank, even_batches=even_batches)
         dataloader = self._strategy.process_dataloader(dataloader)
         return FabricDataLoader(dataloader, device=self.device if move_to_device else None)
 
     def _move_to_device(self, module: nn.Module, optimizers: Sequence[Optimizer]) -> nn.Module:
         module = self._strategy.module_to_device(module)
-        device = self.device
         for optimizer in optimizers:  # state loaded before setup must follow the parameters
-            for param_state in optimizer.state.values():
-                for key, value in list(param_state.items()):
-                    if isinstance(value, torch.Tensor) and key != "step":
-                        param_state[key] = value.to(device)
+            optimizer_state_to(optimizer, self.device)
         return module
-
-    def _validate_setup_module(self, module: Any, method: str) -> None:
-        if isinstance(module, FabricModule):
-            raise ConfigurationError(
-                f"fabric.{method}(model) got a model that is already set up. Fix: pass each model to setup only once."
-            )
-        if not isinstance(module, nn.Module):
-            raise ConfigurationError(
-                f"fabric.{method}() needs a torch.nn.Module first, got {type(module).__name__}. "
-                f"Fix: fabric.{method}(model{', optimizer' if method == 'setup' else ''})."
-            )
-
-    def _validate_optimizers(self, optimizers: Sequence[Any], method: str) -> None:
-        for optimizer in optimizers:
-            if isinstance(optimizer, FabricOptimizer):
-                raise ConfigurationError(
-                    f"fabric.{method}() got an optimizer that is already set up. Fix: pass each optimizer only once."
-                )
-            if not isinstance(optimizer, Optimizer):
-                raise ConfigurationError(
-                    f"fabric.{method}() got a {type(optimizer).__name__} where an optimizer was expected. "
-                    f"Fix: pass torch.optim optimizers after the model; pass an LR scheduler as scheduler=..."
-                )
 
     # ------------------------------------------------------------------------------ training
     def backward(self, tensor: torch.Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
@@ -494,12 +439,3 @@ class Fabric:
 
     def __repr__(self) -> str:
         return f"Fabric(strategy={self._strategy!r}, world_size={self.world_size})"
-
-
-def _accepts_an_argument(function: Callable[..., Any]) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):  # builtins without a signature: let the call decide
-        return True
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters)
-

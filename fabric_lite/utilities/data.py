@@ -14,7 +14,7 @@ from typing import Any
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
 from fabric_lite.errors import ConfigurationError
-from fabric_lite.utilities.seed import SEED_VARIABLE
+from fabric_lite.utilities.seed import SEED_VARIABLE, WORKERS_VARIABLE, _WorkerInit
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -138,3 +138,23 @@ def with_sampler(dataloader: DataLoader, sampler: Sampler) -> DataLoader:
             f"({error}). Fix: pass use_distributed_sampler=False and give it a DistributedSampler yourself."
         ) from None
 
+
+
+def prepare_dataloader(
+    dataloader: DataLoader, sampler_kwargs: dict[str, Any] | None, *, rank: int, even_batches: bool
+) -> DataLoader:
+    """Give each rank its share (when ``sampler_kwargs`` asks for it) and seed workers distinctly when asked."""
+    if sampler_kwargs is not None and needs_sampler(dataloader):
+        sampler = distributed_sampler(dataloader, even_batches=even_batches, **sampler_kwargs)
+        dataloader = with_sampler(dataloader, sampler)
+    if os.environ.get(WORKERS_VARIABLE) == "1" and dataloader.num_workers > 0:
+        dataloader.worker_init_fn = _WorkerInit(rank, dataloader.worker_init_fn)
+    return dataloader
+
+
+def optimizer_state_to(optimizer: Any, device: Any) -> None:
+    """Move an optimizer's state tensors (not its step counters) to ``device``, in place."""
+    for param_state in optimizer.state.values():
+        for key, value in list(param_state.items()):
+            if hasattr(value, "to") and key != "step":
+                param_state[key] = value.to(device)
