@@ -82,6 +82,7 @@ class Fabric:
         )
         self._strategy: Strategy = instantiate(self._plan)
         self._precision: Precision = self._strategy.precision
+        self._plain_backward = self._strategy.plain_backward()
         callbacks = [] if callbacks is None else callbacks
         self._callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         loggers = [] if loggers is None else loggers
@@ -266,6 +267,9 @@ class Fabric:
     # ------------------------------------------------------------------------------ training
     def backward(self, tensor: torch.Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
         """Use instead of ``loss.backward()``: applies loss scaling and strategy hooks."""
+        if self._plain_backward:
+            tensor.backward(*args, **kwargs)
+            return
         module = model._forward_module if isinstance(model, FabricModule) else model
         self._strategy.backward(tensor, module, *args, **kwargs)
 

@@ -56,7 +56,8 @@ class FabricModule(nn.Module):
         precision = self._precision
         if precision.is_identity:
             return self._fm(*args, **kwargs)
-        args, kwargs = precision.convert_input((args, kwargs))
+        if precision.casts_input:
+            args, kwargs = precision.convert_input((args, kwargs))
         with precision.forward_context():
             output = self._fm(*args, **kwargs)
         return precision.convert_output(output)
@@ -65,6 +66,8 @@ class FabricModule(nn.Module):
         # nn.Module.__call__ only adds hook handling; skip it unless someone hooked the wrapper itself.
         if self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks:
             return super().__call__(*args, **kwargs)
+        if self._precision.is_identity:
+            return self._fm(*args, **kwargs)
         return self.forward(*args, **kwargs)
 
     def mark_forward_method(self, method: str | Callable[..., Any]) -> None:
@@ -155,12 +158,15 @@ class FabricOptimizer:
 
     _optimizer: Optimizer
     _strategy: Strategy
+    _plain_step: bool
 
     @property
     def optimizer(self) -> Optimizer:
         return self._optimizer
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if self._plain_step:
+            return self._optimizer.step() if closure is None else self._optimizer.step(closure)
         kwargs = {} if closure is None else {"closure": closure}
         return self._strategy.optimizer_step(self._optimizer, **kwargs)
 
@@ -187,6 +193,7 @@ def wrap_optimizer(optimizer: Optimizer, strategy: Strategy) -> FabricOptimizer:
     wrapper.__dict__.update({k: v for k, v in optimizer.__dict__.items() if k not in ("step", "__del__")})
     wrapper.__dict__["_optimizer"] = optimizer
     wrapper.__dict__["_strategy"] = strategy
+    wrapper.__dict__["_plain_step"] = strategy.plain_optimizer_step()
     return wrapper
 
 

@@ -63,6 +63,12 @@ class MixedPrecision(Precision):
             return data.to(default) if data.is_floating_point() and data.dtype != default else data
         return cast_floating(data, default)
 
+    def plain_backward(self) -> bool:
+        return self.scaler is None
+
+    def plain_step(self) -> bool:
+        return self.scaler is None
+
     def pre_backward(self, tensor: torch.Tensor, module: nn.Module | None) -> torch.Tensor:
         if self.scaler is not None:
             return self.scaler.scale(tensor)

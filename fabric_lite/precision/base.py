@@ -24,6 +24,8 @@ class Precision:
     name: str = "32-true"
     #: True when forward needs no context and no casting: wrappers then skip this plugin entirely.
     is_identity: bool = True
+    #: True when floating-point inputs are cast before forward (the true-dtype precisions).
+    casts_input: bool = False
 
     def convert_module(self, module: nn.Module) -> nn.Module:
         return module
@@ -51,6 +53,14 @@ class Precision:
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         return optimizer.step(**kwargs)
+
+    def plain_backward(self) -> bool:
+        """Whether backward is just ``tensor.backward()`` (lets the hot path skip this plugin)."""
+        return True
+
+    def plain_step(self) -> bool:
+        """Whether an optimizer step is just ``optimizer.step()`` (lets the hot path skip this plugin)."""
+        return True
 
     def unscale_gradients(self, optimizer: Optimizer) -> None:
         """Bring gradients to their true scale before they are read (clipping); no-op without a scaler."""

@@ -37,6 +37,7 @@ class TruePrecision(Precision):
     """
 
     is_identity = False
+    casts_input = True
 
     def __init__(self, dtype: torch.dtype) -> None:
         if dtype not in _NAMES:
