@@ -5,6 +5,7 @@ Usage::
     fabric-run [--accelerator A] [--strategy S] [--devices N] [--num-nodes M] [--node-rank R]
                [--main-address HOST] [--main-port PORT] [--precision P] [--max-restarts K]
                [--dry-run] script.py [script arguments ...]
+    fabric-run consolidate CHECKPOINT_DIR --output FILE
 
 The flags are those of Lightning's ``fabric run``. fabric-run resolves the Plan first (so a bad
 flag fails before any process starts), hands the settings to the script through the
@@ -12,12 +13,16 @@ flag fails before any process starts), hands the settings to the script through 
 management to ``torch.distributed.run`` (torchrun): rendezvous, per-rank environment, failure
 handling and restarts are torch's own. ``Fabric.launch()`` in the script is then a no-op.
 
+``fabric-run consolidate`` merges a sharded checkpoint folder (``strategy="fsdp"``) into one file
+that ``torch.load`` reads and that loads into a model on any strategy or none.
+
 Examples::
 
     fabric-run --devices 2 train.py --epochs 3          # 2 processes on this machine (gloo on CPU)
     fabric-run --accelerator cuda --devices 8 --precision bf16-mixed train.py
     fabric-run --num-nodes 2 --node-rank 0 --main-address 10.0.0.1 --devices 8 train.py   # on node 0
     fabric-run --devices 4 --dry-run train.py           # print the plan and the torchrun command only
+    fabric-run consolidate checkpoints/step-100 --output step-100.ckpt
 """
 
 from __future__ import annotations
@@ -90,7 +95,29 @@ def torchrun_argv(args: argparse.Namespace, nproc_per_node: int, port: int) -> l
     return [*argv, args.script, *args.script_args]
 
 
+def consolidate_main(argv: Sequence[str]) -> int:
+    """``fabric-run consolidate CHECKPOINT_DIR --output FILE``."""
+    parser = argparse.ArgumentParser(
+        prog="fabric-run consolidate", description="Merge a sharded checkpoint folder into one torch.load-able file."
+    )
+    parser.add_argument("checkpoint_dir", help="the folder fabric.save wrote with strategy='fsdp'")
+    parser.add_argument("--output", "-o", required=True, help="the file to write")
+    args = parser.parse_args(argv)
+    from fabric_lite.checkpoint.sharded import consolidate
+
+    try:
+        written = consolidate(args.checkpoint_dir, args.output)
+    except FabricLiteError as error:
+        print(f"fabric-run: {error}", file=sys.stderr)
+        return 2
+    print(f"fabric-run: wrote {written}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["consolidate"]:  # a subcommand; a script named "consolidate" can be run as ./consolidate
+        return consolidate_main(argv[1:])
     args = build_parser().parse_args(argv)
     handover = handover_env(args)
     port = args.main_port or (_free_port() if args.num_nodes == 1 else _DEFAULT_MULTI_NODE_PORT)

@@ -114,6 +114,10 @@ STRATEGIES.register(
     description="ddp_spawn that tolerates parameters without gradients",
 )
 STRATEGIES.register("dp", "fabric_lite.strategies.dp:DataParallelStrategy", description="DataParallel: one process, several GPUs")
+STRATEGIES.register(
+    "fsdp", "fabric_lite.strategies.fsdp:FSDPStrategy", start_method="popen",
+    description="FSDP2 (fully_shard): parameters, gradients and optimizer state sharded; `python train.py` re-runs the script per rank",
+)
 
 LAUNCHERS = Registry("launcher")
 LAUNCHERS.register("none", "fabric_lite.launchers.external:ExternalLauncher", description="one process")

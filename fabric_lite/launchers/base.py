@@ -40,3 +40,13 @@ def describe_exit(exitcode: int) -> str:
         return f"signal {signal.Signals(-exitcode).name}"
     except ValueError:
         return f"signal {-exitcode}"
+
+
+# A collective fails on every survivor right after a peer dies: such errors are consequences, not causes.
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
+             "NCCL communicator was aborted")
+
+
+def is_peer_lost(text: str) -> bool:
+    """Whether an error text says a peer process vanished (the root cause is elsewhere)."""
+    return any(marker in text for marker in PEER_LOST)

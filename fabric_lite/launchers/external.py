@@ -15,12 +15,15 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
+from fabric_lite.launchers.base import is_peer_lost
+
 if TYPE_CHECKING:
     from fabric_lite.fabric import Fabric
 
 #: Set by the subprocess launcher in the processes it starts: the pid of the launching rank 0.
 PARENT_PID_VARIABLE = "FABRIC_LITE_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
+_CONSEQUENCE_DELAY_S = 3.0
 
 
 class ExternalLauncher:
@@ -44,6 +47,10 @@ def install_error_file_hook() -> None:
     previous = sys.excepthook
 
     def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if is_peer_lost(str(exc)):
+            # This rank failed because a peer died. Let the launcher see the peer's exit first (it stops
+            # this process then): otherwise both land in the same second and the report may blame us.
+            time.sleep(_CONSEQUENCE_DELAY_S)
         try:
             data = {
                 "message": {

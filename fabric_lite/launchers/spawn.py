@@ -17,7 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from fabric_lite.errors import ConfigurationError, FabricEnvironmentError
-from fabric_lite.launchers.base import describe_exit, print_root_cause
+from fabric_lite.launchers.base import describe_exit, is_peer_lost, print_root_cause
 from fabric_lite.launchers.external import die_with_parent
 from fabric_lite.utilities.distributed import find_free_port, port_in_use
 
@@ -106,11 +106,6 @@ class ProcessFailedError(FabricEnvironmentError):
     """A rank of a spawned run failed; the root cause was printed first."""
 
 
-# A collective fails on every survivor right after a peer dies: such errors are consequences, not causes.
-_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
-              "NCCL communicator was aborted")
-
-
 def _root_cause(processes: Any, error: Exception) -> tuple[int, str, str | None]:
     """The rank that failed first: torch reports whichever failure it noticed first, which under a
     collective is often a survivor complaining that its peer vanished."""
@@ -123,7 +118,7 @@ def _root_cause(processes: Any, error: Exception) -> tuple[int, str, str | None]
             exceptions.append((os.path.getmtime(path), index, trace))
         except (OSError, EOFError, pickle.UnpicklingError):
             continue
-    causes = sorted(e for e in exceptions if not any(marker in e[2] for marker in _PEER_LOST))
+    causes = sorted(e for e in exceptions if not is_peer_lost(e[2]))
     if isinstance(error, mp.ProcessExitedException) and not any(i == reported for _, i, _ in exceptions):
         how = describe_exit(-signal.Signals[error.signal_name].value if error.signal_name else error.exit_code)
         return reported, how, None  # died without a Python exception: nothing else can have caused it

@@ -1,0 +1,337 @@
+"""Checkpoints of DTensor-sharded models: sharded folders (torch.distributed.checkpoint) or full files, and consolidation.
+
+A sharded checkpoint is ONE folder at the user's path::
+
+    ckpt/
+      .metadata, __0_0.distcp, __1_0.distcp, ...   model and optimizer tensors, written by DCP from every rank
+      meta.pt                                       plain values, stateful objects, fabric_lite metadata (rank 0)
+      COMPLETE                                      the marker, written last
+
+It is written into a temporary sibling folder and renamed into place by rank 0 after every rank has
+finished, so a folder at the path is always complete; a folder without the marker is refused on load.
+Optimizer state inside the folder is keyed by parameter name (DCP's format); a consolidated or
+"full" single file uses torch's own index-keyed format, so it loads into a plain optimizer too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from fabric_lite.checkpoint.io import _fsync_dir, atomic_save, load_checkpoint_file
+from fabric_lite.checkpoint.state import META_KEY, restore_state, to_saveable
+from fabric_lite.errors import CheckpointError, ConfigurationError
+from fabric_lite.wrappers import FabricOptimizer, unwrap
+
+if TYPE_CHECKING:
+    from fabric_lite.strategies.base import Strategy
+
+#: Finds the set-up model an optimizer updates (DCP names optimizer state after the model's parameters).
+OwnerLookup = Callable[[Optimizer], nn.Module]
+_OBJECTS = (nn.Module, Optimizer)
+
+MARKER = "COMPLETE"
+META_FILE = "meta.pt"
+#: Inside ``meta.pt``'s fabric_lite metadata: which keys of the folder hold modules and optimizers.
+SHARDED_KEY = "sharded"
+
+
+def _temporary_sibling(path: Path, suffix: str) -> Path:
+    # Deterministic, so that every rank names the same folder without a broadcast.
+    return path.parent / f".{path.name}.{suffix}"
+
+
+def save_folder(
+    path: str | Path,
+    tensors: dict[str, Any],
+    extra: dict[str, Any],
+    *,
+    is_global_zero: bool,
+    barrier: Callable[[], None],
+) -> None:
+    """Write a sharded checkpoint folder at ``path``; every rank calls this (it runs collectives).
+
+    Args:
+        tensors: DCP state dicts (model and optimizer), sharded as they live in memory.
+        extra: small picklable values rank 0 writes to ``meta.pt``.
+        is_global_zero: whether this process writes ``meta.pt``, the marker, and renames.
+        barrier: waits for every rank.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(path)
+    if path.is_file():
+        raise CheckpointError(
+            f"fabric.save({str(path)!r}) writes a sharded checkpoint, which is a folder, but that path is an existing "
+            f"file. Fix: choose another path, delete the file, or use FSDPStrategy(state_dict_type='full') for one file."
+        )
+    staging = _temporary_sibling(path, "partial")
+    if is_global_zero:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a save that crashed
+        staging.mkdir(parents=True)
+    barrier()
+    dcp.save(tensors, checkpoint_id=staging)
+    if is_global_zero:
+        torch.save(extra, staging / META_FILE)
+    barrier()  # every rank's shards are on disk before the marker says so
+    if is_global_zero:
+        (staging / MARKER).write_text("fabric_lite sharded checkpoint: complete\n")
+        _fsync_dir(staging)
+        _move_into_place(staging, path)
+
+
+def _move_into_place(staging: Path, path: Path) -> None:
+    # os.replace cannot swap a folder onto a non-empty one: move the old checkpoint aside first,
+    # so that at every moment one complete checkpoint exists under a known name.
+    previous = _temporary_sibling(path, "previous")
+    if path.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(path, previous)
+    os.replace(staging, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def require_complete(path: str | Path, *, asked: str) -> Path:
+    """Return ``path`` if it is a complete sharded checkpoint folder, else raise a CheckpointError saying why."""
+    path = Path(path)
+    if not path.is_dir():
+        why = "it is a file (a single-file checkpoint needs no consolidation)" if path.is_file() else "it does not exist"
+        raise CheckpointError(f"{asked} needs a sharded checkpoint folder, but {why}. Fix: check the path.")
+    if (path / MARKER).is_file() and (path / META_FILE).is_file():
+        return path
+    if (path / ".metadata").exists() or any(path.glob("*.distcp")):
+        raise CheckpointError(
+            f"{asked} got an incomplete sharded checkpoint: the folder has no {MARKER!r} marker (or no {META_FILE!r}), "
+            f"so the save that wrote it did not finish. Fix: load an earlier checkpoint, or save again."
+        )
+    raise CheckpointError(
+        f"{asked} got a folder that is not a checkpoint: it holds no {MARKER!r} marker and no DCP shards. "
+        f"Fix: pass a folder written by fabric.save with strategy='fsdp', or a checkpoint file."
+    )
+
+
+def read_meta(path: Path, *, weights_only: bool = True) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The folder's ``meta.pt`` (without the sharded bookkeeping), and its module and optimizer keys."""
+    meta = load_checkpoint_file(path / META_FILE, weights_only=weights_only)
+    info = dict(meta.get(META_KEY, {}))
+    layout = info.pop(SHARDED_KEY, {})
+    meta[META_KEY] = info
+    return meta, list(layout.get("modules", [])), list(layout.get("optimizers", []))
+
+
+def load_folder(path: Path, tensors: dict[str, Any], *, strict: bool) -> None:
+    """Fill the sharded state dicts in ``tensors`` in place from the folder (resharding to this world size)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    dcp.load(tensors, checkpoint_id=path, planner=DefaultLoadPlanner(allow_partial_load=not strict))
+
+
+# ----------------------------------------------------------------------------- strategy entry points
+def save_checkpoint(
+    strategy: Strategy,
+    path: str | Path,
+    state: Mapping[str, Any],
+    *,
+    filter: Mapping[str, Callable[[str, Any], bool]] | None,
+    full: bool,
+    owner: OwnerLookup,
+) -> None:
+    """Save ``state`` of DTensor-sharded models: a folder from every rank, or (``full``) one file from rank 0.
+
+    Every rank must call it: gathering and DCP writing are collectives.
+    """
+    if not isinstance(state, Mapping):
+        to_saveable(state, strategy)  # raises the standard error
+    objects = {key: unwrap(obj) for key, obj in state.items() if isinstance(unwrap(obj), _OBJECTS)}
+    # Plain values, stateful objects, filter checks and fabric_lite's metadata: as every strategy does.
+    saveable = to_saveable({k: ({} if k in objects else v) for k, v in state.items()}, strategy, filter=filter)
+    for key, obj in objects.items():
+        value = _state_dict_of(obj, full=full, owner=owner)
+        if filter is not None and key in filter:
+            value = {name: item for name, item in value.items() if filter[key](name, item)}
+        saveable[key] = value
+    if full:
+        if strategy.is_global_zero:
+            atomic_save(saveable, path)
+        return
+    extra = {key: value for key, value in saveable.items() if key not in objects}
+    layout = {
+        "modules": [k for k, o in objects.items() if isinstance(o, nn.Module)],
+        "optimizers": [k for k, o in objects.items() if isinstance(o, Optimizer)],
+    }
+    extra[META_KEY] = {**extra[META_KEY], SHARDED_KEY: layout}
+    tensors = {key: saveable[key] for key in objects}
+    save_folder(path, tensors, extra, is_global_zero=strategy.is_global_zero, barrier=strategy.barrier)
+
+
+def load_checkpoint(
+    strategy: Strategy,
+    path: str | Path,
+    state: Any,
+    *,
+    strict: bool,
+    weights_only: bool,
+    owner: OwnerLookup,
+) -> dict[str, Any]:
+    """Load a sharded folder (written at any world size) or a full file into DTensor-sharded models; every rank calls it."""
+    path = Path(path)
+    source = str(path)
+    if path.is_dir():
+        folder = require_complete(path, asked=f"fabric.load({source!r})")
+        if state is None or isinstance(unwrap(state), _OBJECTS):
+            what = "no state" if state is None else f"a bare {type(unwrap(state)).__name__}"
+            raise ConfigurationError(
+                f"fabric.load({source!r}) got a sharded checkpoint folder but {what} to load into: its shards can only "
+                f"be read into set-up objects by name. Fix: fabric.load(path, {{'model': model, 'optimizer': optimizer}}), "
+                f"or make one file first: fabric-run consolidate {source} --output FILE."
+            )
+        if not isinstance(state, Mapping):
+            return restore_state({}, state, strategy, strict=strict, source=source)  # raises the standard error
+        meta, modules, optimizers = read_meta(folder, weights_only=weights_only)
+        load = lambda requested: _load_sharded(folder, requested, strict, owner)  # noqa: E731
+        return _restore(strategy, meta, modules + optimizers, state, strict, source, load)
+    checkpoint = load_checkpoint_file(path, weights_only=weights_only, map_location="cpu")
+    if isinstance(unwrap(state), _OBJECTS) and not (isinstance(checkpoint, Mapping) and META_KEY in checkpoint):
+        _load_full_entry(state, checkpoint, strict, owner)  # load_raw of a bare full state dict
+        return {}
+    if not isinstance(state, Mapping) or not isinstance(checkpoint, dict):
+        return restore_state(checkpoint, state, strategy, strict=strict, source=source)
+    keys = [k for k, obj in state.items() if k in checkpoint and isinstance(unwrap(obj), _OBJECTS)]
+    contents = {k: v for k, v in checkpoint.items() if k not in keys}
+    load = lambda requested: [_load_full_entry(o, checkpoint[k], strict, owner) for k, o in requested.items()]  # noqa: E731
+    return _restore(strategy, contents, keys, state, strict, source, load)
+
+
+def _restore(
+    strategy: Strategy,
+    contents: dict[str, Any],
+    keys: list[str],
+    state: Mapping[str, Any],
+    strict: bool,
+    source: str,
+    load: Callable[[dict[str, Any]], Any],
+) -> dict[str, Any]:
+    """Plain values, stateful objects, precision and key checks go the common way; modules and optimizers to ``load``."""
+    requested = {k: state[k] for k in keys if k in state and isinstance(unwrap(state[k]), _OBJECTS)}
+    rest = {k: v for k, v in state.items() if k not in requested}
+    remainder = restore_state({**{k: None for k in keys}, **contents}, rest, strategy, strict=strict, source=source)
+    load(requested)
+    for key, value in rest.items():
+        state[key] = value  # type: ignore[index]
+    return {k: v for k, v in remainder.items() if k not in keys}
+
+
+def _state_dict_of(obj: nn.Module | Optimizer, *, full: bool, owner: OwnerLookup) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=full, cpu_offload=full)
+    if isinstance(obj, nn.Module):
+        return get_model_state_dict(obj, options=options)
+    value = get_optimizer_state_dict(owner(obj), obj, options=options)
+    return names_to_indices(value) if full else value
+
+
+def _load_sharded(folder: Path, requested: dict[str, Any], strict: bool, owner: OwnerLookup) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    templates = {key: _state_dict_of(unwrap(obj), full=False, owner=owner) for key, obj in requested.items()}
+    load_folder(folder, templates, strict=strict)
+    options = StateDictOptions(strict=strict)
+    for key, obj in requested.items():
+        inner = unwrap(obj)
+        if isinstance(inner, nn.Module):
+            set_model_state_dict(inner, templates[key], options=options)
+        else:
+            set_optimizer_state_dict(owner(inner), inner, templates[key], options=options)
+            _share_optimizer_state(obj)
+
+
+def _load_full_entry(obj: Any, value: Any, strict: bool, owner: OwnerLookup) -> None:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    inner = unwrap(obj)
+    options = StateDictOptions(full_state_dict=True, strict=strict)
+    if isinstance(inner, nn.Module):
+        set_model_state_dict(inner, value, options=options)
+        return
+    model = owner(inner)
+    # The file is index-keyed (torch's format); DCP wants names, in this optimizer's parameter order.
+    template = get_optimizer_state_dict(model, inner)
+    names = [name for group in template["param_groups"] for name in group["params"]]
+    set_optimizer_state_dict(model, inner, indices_to_names(value, names), options=options)
+    _share_optimizer_state(obj)
+
+
+def _share_optimizer_state(optimizer: Any) -> None:
+    # torch's load_state_dict replaces these containers; a FabricOptimizer shares them with its optimizer.
+    if isinstance(optimizer, FabricOptimizer):
+        optimizer.__dict__["state"] = optimizer.optimizer.state
+        optimizer.__dict__["param_groups"] = optimizer.optimizer.param_groups
+
+
+# ----------------------------------------------------------------------------- optimizer formats
+def names_to_indices(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """DCP's name-keyed optimizer state dict -> torch's index-keyed one (as ``optimizer.state_dict()``)."""
+    index: dict[str, int] = {}
+    groups = []
+    for group in state_dict.get("param_groups", []):
+        ids = [index.setdefault(name, len(index)) for name in group["params"]]
+        groups.append({**group, "params": ids})
+    state = {index[name]: value for name, value in state_dict.get("state", {}).items()}
+    return {"state": state, "param_groups": groups}
+
+
+def indices_to_names(state_dict: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
+    """torch's index-keyed optimizer state dict -> DCP's name-keyed one; ``names`` in the optimizer's parameter order."""
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in state_dict.get("param_groups", [])]
+    count = sum(len(g["params"]) for g in groups)
+    if count != len(names):
+        raise CheckpointError(
+            f"The checkpoint's optimizer has {count} parameters but this optimizer has {len(names)}. "
+            f"Fix: build the model and optimizer the same way as when the checkpoint was saved."
+        )
+    return {"state": {names[int(i)]: v for i, v in state_dict.get("state", {}).items()}, "param_groups": groups}
+
+
+# ----------------------------------------------------------------------------- consolidation
+def consolidate(folder: str | Path, output: str | Path) -> Path:
+    """Merge a sharded checkpoint folder into one ``torch.load``-able file (the format of a "full" checkpoint).
+
+    Runs in one process without a process group; needs memory for the whole checkpoint.
+
+    Example:
+        >>> consolidate("checkpoints/step-100", "step-100.ckpt")  # doctest: +SKIP
+    """
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    folder = require_complete(folder, asked=f"consolidate({str(folder)!r})")
+    output = Path(output)
+    meta, _, optimizer_keys = read_meta(folder)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".dcp", dir=output.parent)
+    os.close(fd)
+    try:
+        dcp_to_torch_save(folder, scratch)
+        tensors = torch.load(scratch, map_location="cpu", weights_only=True)
+    finally:
+        os.unlink(scratch)
+    for key in optimizer_keys:
+        if key in tensors:
+            tensors[key] = names_to_indices(tensors[key])
+    atomic_save({**tensors, **meta}, output)
+    return output
