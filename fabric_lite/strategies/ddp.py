@@ -132,8 +132,10 @@ class DDPStrategy(Strategy):
                 timeout=self.timeout,
                 **kwargs,
             )
-            # Scripts rarely tear down themselves; NCCL warns (and may leak) when the group outlives main.
-            atexit.register(_destroy_process_group)
+            if self.backend() == "nccl":
+                # Scripts rarely tear down themselves, and NCCL warns when the group outlives main. Not for
+                # gloo: destroying it while a peer is already gone can abort the process at exit.
+                atexit.register(_destroy_process_group)
         except dist.DistNetworkError as error:
             raise FabricEnvironmentError(
                 f"DDP rank {self.global_rank} could not open the rendezvous at {address}:{port}: {error}. "
