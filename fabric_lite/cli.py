@@ -36,6 +36,7 @@ from collections.abc import Sequence
 
 from fabric_lite.errors import FabricLiteError
 from fabric_lite.plan import HANDOVER, resolve
+from fabric_lite.utilities.distributed import port_in_use
 
 _DEFAULT_MULTI_NODE_PORT = 29400
 
@@ -120,7 +121,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return consolidate_main(argv[1:])
     args = build_parser().parse_args(argv)
     handover = handover_env(args)
+    if not 0 <= args.node_rank < max(args.num_nodes, 1):
+        print(f"fabric-run: --node-rank {args.node_rank} does not exist with --num-nodes {args.num_nodes} (node ranks "
+              f"are 0 to {args.num_nodes - 1}). Fix: give each machine a distinct rank below {args.num_nodes}.",
+              file=sys.stderr)
+        return 2
     port = args.main_port or (_free_port() if args.num_nodes == 1 else _DEFAULT_MULTI_NODE_PORT)
+    if args.main_port and args.node_rank == 0 and not args.dry_run and port_in_use(args.main_address, port):
+        print(f"fabric-run: --main-port {port} is already in use on {args.main_address}, so the processes cannot "
+              f"meet there. Fix: choose a free port, or leave --main-port out on one machine.", file=sys.stderr)
+        return 2
     try:
         plan = resolve(env=handover)  # fails here, before any process starts, on a bad flag
     except FabricLiteError as error:

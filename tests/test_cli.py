@@ -91,3 +91,21 @@ def test_console_script_is_installed():
     assert os.path.exists(exe)
     result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "usage: fabric-run" in result.stdout
+
+
+def test_node_rank_outside_the_nodes_is_refused(script):
+    result = run_cli("--num-nodes", "2", "--node-rank", "2", script.as_posix())
+    assert result.returncode == 2
+    assert "fabric-run: --node-rank 2 does not exist with --num-nodes 2 (node ranks are 0 to 1)." in result.stderr
+
+
+def test_main_port_in_use_is_refused(script):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("--main-port", str(port), script.as_posix())
+    assert result.returncode == 2
+    assert f"fabric-run: --main-port {port} is already in use on 127.0.0.1" in result.stderr

@@ -144,3 +144,36 @@ def test_one_rank_failing_stops_the_whole_job(launcher, mode, tmp_path):
         report = output[output.index("Root Cause (first observed failure)"):]
         assert "rank      : 1 (local_rank: 1)" in report, output
         assert ("RuntimeError: rank 1 broke on purpose" in report) if mode == "raise" else ("SIGKILL" in report), output
+
+
+MISUSE = '''
+import os, socket, sys
+from fabric_lite import Fabric
+mode = sys.argv[1]
+if mode == "port":
+    busy = socket.socket(); busy.bind(("127.0.0.1", 0)); busy.listen()
+    os.environ["MASTER_PORT"] = str(busy.getsockname()[1])
+    Fabric(accelerator="cpu", devices=2, strategy=sys.argv[2]).launch(lambda fabric: None)
+elif mode == "no_function":
+    Fabric(accelerator="cpu", devices=2, strategy="ddp_spawn").launch()
+elif mode == "not_launched":
+    import torch
+    Fabric(accelerator="cpu", devices=2, strategy="ddp").setup(torch.nn.Linear(1, 1))
+'''
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["port", "ddp_spawn"], "is already in use on 127.0.0.1, so the processes cannot meet there. Fix: unset MASTER_PORT"),
+        (["port", "ddp"], "is already in use on 127.0.0.1, so the processes cannot meet there. Fix: unset MASTER_PORT"),
+        (["no_function"], "Fabric(strategy='ddp_spawn') starts new processes that run a function, so fabric.launch() needs one."),
+        (["not_launched"], "fabric.setup() was called before fabric.launch(), but Fabric(strategy='ddp') runs 2 processes"),
+    ],
+)
+def test_launch_misuse_errors(args, message, tmp_path):
+    script = tmp_path / "misuse.py"
+    script.write_text(MISUSE)
+    result = run([sys.executable, str(script), *args], timeout=60)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
