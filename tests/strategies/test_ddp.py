@@ -120,7 +120,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("mode", ["raise", "kill"])
-@pytest.mark.parametrize("launcher", ["subprocess", "spawn", "fabric-run", "torchrun"])
+@pytest.mark.parametrize("launcher", ["subprocess", "spawn", "fork", "fabric-run", "torchrun"])
 def test_one_rank_failing_stops_the_whole_job(launcher, mode, tmp_path):
     started = time.time()
     result = run([*command(launcher, FAIL, str(tmp_path)), "--mode", mode], timeout=120)
@@ -133,7 +133,7 @@ def test_one_rank_failing_stops_the_whole_job(launcher, mode, tmp_path):
     assert not [p for p in pids if _alive(p)], f"orphans left: {output}"
     if mode == "raise":
         assert "RuntimeError: rank 1 broke on purpose" in output
-    if launcher in ("subprocess", "spawn"):
+    if launcher in ("subprocess", "spawn", "fork"):
         how = ("exit code 1" if launcher == "subprocess" else "an exception") if mode == "raise" else "signal SIGKILL"
         report = output[output.index("fabric_lite: Root cause:"):]
         assert report.startswith("fabric_lite: Root cause: rank 1 (local rank 1) on "), output
