@@ -29,7 +29,7 @@ CASES = [
     (dict(accelerator=3), CPU, ConfigurationError, "Fabric(accelerator=3) is not a known accelerator. Choose one of:"),
     (dict(strategy="fancy"), CPU, ConfigurationError,
      "Fabric(strategy='fancy') is not a known strategy. Choose one of: single_device, ddp, ddp_spawn, ddp_fork, "
-     "ddp_notebook, ddp_find_unused_parameters_true, ddp_spawn_find_unused_parameters_true, dp."),
+     "ddp_notebook, ddp_find_unused_parameters_true, ddp_spawn_find_unused_parameters_true, dp, fsdp."),
     (dict(strategy=None), CPU, ConfigurationError, "Fabric(strategy=None) is not a known strategy. Choose one of: auto,"),
     (dict(precision="17-mixed"), CPU, ConfigurationError,
      "Fabric(precision='17-mixed') is not a known precision. Choose one of: 32-true, 64-true, 16-mixed, bf16-mixed, 16-true, bf16-true."),
