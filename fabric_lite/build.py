@@ -21,8 +21,12 @@ def instantiate(plan: Plan) -> Strategy:
         strategy = plan.strategy_instance
         strategy.accelerator = strategy.accelerator or accelerator
         strategy.precision = precision
-        if plan.environment_instance is not None:
+        # What the user did not give the instance comes from the plan: environment, devices, nodes.
+        if plan.environment_instance is not None or not getattr(strategy, "_environment_given", True):
             strategy.cluster_environment = environment
+        if not getattr(strategy, "_devices_given", True):
+            strategy.parallel_devices = [accelerator.get_device(i) for i in plan.devices]
+            strategy.num_nodes = plan.num_nodes
         return strategy
     local_index = plan.devices[environment.local_rank() % plan.num_devices]
     return STRATEGIES.get(plan.strategy, asked=plan.strategy).create(

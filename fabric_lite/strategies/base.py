@@ -41,6 +41,7 @@ class Strategy:
     ) -> None:
         self.accelerator = accelerator
         self.precision = precision if precision is not None else Precision()
+        self._environment_given = cluster_environment is not None
         self.cluster_environment = cluster_environment if cluster_environment is not None else LocalEnvironment()
 
     # ----------------------------------------------------------------- identity

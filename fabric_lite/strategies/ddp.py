@@ -62,6 +62,7 @@ class DDPStrategy(Strategy):
                 f"DDPStrategy(start_method={start_method!r}) is not a known start method. "
                 f"Choose one of: popen, spawn, fork, forkserver."
             )
+        self._devices_given = bool(parallel_devices)
         self.parallel_devices = list(parallel_devices) if parallel_devices else [torch.device("cpu")]
         self.num_nodes = num_nodes
         self.process_group_backend = process_group_backend

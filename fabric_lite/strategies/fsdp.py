@@ -73,8 +73,8 @@ class FSDPStrategy(DDPStrategy):
         activation_checkpointing_policy: modules whose activations are recomputed in backward (same forms).
         reshard_after_forward: free gathered parameters after forward (saves memory, re-gathers in backward).
         cpu_offload: keep sharded parameters, gradients and optimizer state in CPU memory (CUDA only).
-        device_mesh: ``None`` shards over all processes; ``(replicate, shard)`` or an int shard-group size
-            gives hybrid sharding (HSDP); a ``DeviceMesh`` is used as is.
+        device_mesh: ``None`` shards over all processes; ``(replicate, shard)`` gives hybrid sharding (HSDP);
+            an int ``n`` means ``(world_size // n, n)``; a ``DeviceMesh`` is used as is.
         state_dict_type: ``"sharded"`` saves one folder of shards through torch.distributed.checkpoint;
             ``"full"`` gathers one file on rank 0.
         The other arguments are DDPStrategy's (processes, backend, timeout, start method).
@@ -116,7 +116,7 @@ class FSDPStrategy(DDPStrategy):
         if state_dict_type not in STATE_DICT_TYPES:
             raise choices_error(
                 f"FSDPStrategy(state_dict_type={state_dict_type!r})", "state dict type", STATE_DICT_TYPES,
-                fix="'sharded' writes one folder of shards from every rank; 'full' gathers one file on rank 0.",
+                fix="state_dict_type='sharded' (one folder, every rank writes its shards) or 'full' (one file from rank 0).",
             )
         self.auto_wrap_policy = _module_policy(auto_wrap_policy, "auto_wrap_policy")
         self.activation_checkpointing_policy = _module_policy(activation_checkpointing_policy, "activation_checkpointing_policy")

@@ -177,3 +177,14 @@ def test_launch_misuse_errors(args, message, tmp_path):
     result = run([sys.executable, str(script), *args], timeout=60)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_strategy_instance_gets_devices_nodes_and_environment_from_the_plan():
+    from fabric_lite import Fabric
+    from fabric_lite.strategies.ddp import DDPStrategy
+
+    fabric = Fabric(accelerator="cpu", devices=3, num_nodes=2, strategy=DDPStrategy(static_graph=True))
+    strategy = fabric.strategy
+    assert len(strategy.parallel_devices) == 3 and strategy.num_nodes == 2
+    assert strategy.world_size == 6 and strategy.ddp_kwargs == {"static_graph": True}
+    assert fabric.plan.launcher == "subprocess"
