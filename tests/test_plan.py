@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fabric_lite import Fabric
@@ -165,3 +167,12 @@ def test_instantiate_builds_matching_objects():
     assert isinstance(fabric.strategy.precision, MixedPrecision)
     assert fabric.strategy.precision.device == "cpu"
     assert type(Fabric(accelerator="cpu").strategy.precision) is Precision
+
+
+def test_handover_accepts_a_strategy_instance_of_the_same_name():
+    from fabric_lite.strategies.ddp import DDPStrategy
+
+    p = plan(strategy=DDPStrategy(static_graph=True), env={"FABRIC_LITE_STRATEGY": "ddp"})
+    assert p.strategy == "ddp" and p.strategy_instance is not None
+    with pytest.raises(ConfigurationError, match=re.escape("conflicts with FABRIC_LITE_STRATEGY='fsdp'")):
+        plan(strategy=DDPStrategy(), env={"FABRIC_LITE_STRATEGY": "fsdp"})

@@ -100,6 +100,11 @@ def load_checkpoint_file(path: str | Path, *, weights_only: bool = True, map_loc
             f"Fix: check the path, or list the folder {str(path.parent)!r} for saved checkpoints."
         )
     if path.is_dir():
+        if (path / "COMPLETE").is_file():
+            raise CheckpointError(
+                f"fabric.load({str(path)!r}) got a sharded checkpoint folder, which this strategy cannot read. "
+                f"Fix: load it with strategy='fsdp', or convert it once: fabric-run consolidate {path} --output FILE."
+            )
         raise CheckpointError(
             f"fabric.load({str(path)!r}) got a folder, but this strategy saves single-file checkpoints. "
             f"Fix: pass the checkpoint file inside it."

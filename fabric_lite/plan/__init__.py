@@ -143,6 +143,8 @@ def _apply_handover(given: dict[str, Any], env: Mapping[str, str], reasons: dict
         if ours == _DEFAULTS[name] or ours is None:
             result[name] = handed
             reasons[name] = f"from {variable}={env[variable]} (set by fabric-run)"
+        elif _instance_named(ours, handed, name):
+            continue  # e.g. FSDPStrategy(...) in the script under fabric-run --strategy fsdp: the instance wins
         elif str(ours).replace(" ", "") != str(handed).replace(" ", "") and not _same_alias(name, ours, handed):
             raise ConfigurationError(
                 f"Fabric({name}={given[name]!r}) conflicts with {variable}={env[variable]!r} set by fabric-run. "
@@ -150,6 +152,14 @@ def _apply_handover(given: dict[str, Any], env: Mapping[str, str], reasons: dict
                 f"fabric-run with --{name.replace('_', '-')}={given[name]}."
             )
     return result
+
+
+def _instance_named(value: Any, handed: Any, name: str) -> bool:
+    """An Accelerator/Strategy/Precision instance whose registered name is the one handed over."""
+    own = getattr(value, "name", None)
+    return isinstance(value, (Accelerator, Strategy, Precision)) and bool(own) and (
+        own == handed or _same_alias(name, own, handed)
+    )
 
 
 def _asked(name: str, value: Any, reasons: Mapping[str, str]) -> str:

@@ -215,3 +215,11 @@ def test_killed_writer_never_leaves_a_partial_checkpoint(tmp_path):
     loaded = torch.load(path, weights_only=True)
     assert loaded["w"].numel() == 8_000_000 and isinstance(loaded["step"], int)
 
+
+
+def test_sharded_folder_loaded_by_a_single_file_strategy_points_to_consolidate(tmp_path):
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    (folder / "COMPLETE").write_text("done\n")
+    with pytest.raises(CheckpointError, match=re.escape("got a sharded checkpoint folder, which this strategy cannot read. Fix: load it with strategy='fsdp', or convert it once: fabric-run consolidate")):
+        Fabric(accelerator="cpu").load(folder)
