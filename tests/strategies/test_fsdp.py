@@ -44,7 +44,8 @@ def runs(tmp_path_factory):
     run([sys.executable, SCRIPT, str(out), "--phase", "train", "--strategy", "fsdp", "--devices", "2"])
     run([sys.executable, SCRIPT, str(out), "--phase", "single", "--devices", "1"])
     run([sys.executable, "-m", "fabric_lite.cli", "--accelerator", "cpu", "--devices", "2", SCRIPT, str(out), "--phase", "reload"])
-    names = ("train0", "train1", "single0", "reload0", "reload1")
+    run([sys.executable, SCRIPT, str(out), "--phase", "reload4", "--strategy", "fsdp", "--devices", "4"], timeout=180)
+    names = ("train0", "train1", "single0", "reload0", "reload1", "reload40", "reload41", "reload42", "reload43")
     return out, {name: read(out, name) for name in names}
 
 
@@ -168,6 +169,10 @@ def test_checkpoints_move_between_world_sizes(runs):
     for res in (r["reload0"], r["reload1"]):  # written at 1, read at 2
         assert res["loaded_w1"] == single["saved_w1"] and res["step"] == 6
     assert r["reload0"]["local_rows"] == [4, 4, 1, 1]
+    for rank in range(4):  # written at 2, read at 4
+        res = r[f"reload4{rank}"]
+        assert res["world"] == 4 and res["step"] == 5
+        assert res["params"] == r["train0"]["trained"] and res["momentum"] == r["train0"]["momentum"]
 
 
 def test_full_checkpoint_is_one_plain_file_for_any_model(runs):

@@ -215,6 +215,16 @@ def phase_reload(args, out):
     return rank, r
 
 
+def phase_reload4(args, out):
+    """4 ranks read the sharded checkpoint written by 2 ranks (parameters and optimizer state)."""
+    fabric = new_fabric(args)
+    model, opt = setup_model(fabric)
+    state = {"model": model, "optimizer": opt, "step": 0}
+    fabric.load(os.path.join(out, "ckpt_w2"), state)
+    return fabric.global_rank, {"world": fabric.world_size, "params": params(model), "momentum": momentum(opt, model),
+                                "step": state["step"]}
+
+
 def phase_cuda(args, out):
     fabric = new_fabric(args, cpu_offload=True) if args.cpu_offload else new_fabric(args)
     model, opt = setup_model(fabric)
@@ -245,14 +255,15 @@ def phase_cuda(args, out):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir")
-    parser.add_argument("--phase", default="train", choices=["train", "single", "reload", "cuda"])
+    parser.add_argument("--phase", default="train", choices=["train", "single", "reload", "reload4", "cuda"])
     parser.add_argument("--strategy", default="fsdp")
     parser.add_argument("--devices", type=int, default=None)
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--precision", default=None)
     parser.add_argument("--cpu-offload", action="store_true")
     args = parser.parse_args()
-    phase = {"train": phase_train, "single": phase_single, "reload": phase_reload, "cuda": phase_cuda}[args.phase]
+    phase = {"train": phase_train, "single": phase_single, "reload": phase_reload, "reload4": phase_reload4,
+             "cuda": phase_cuda}[args.phase]
     rank, result = phase(args, args.out_dir)
     with open(os.path.join(args.out_dir, f"{args.phase}{rank}.json"), "w") as handle:
         json.dump(result, handle)
