@@ -18,7 +18,7 @@ CPU = {"cpu": 1}
 TORCHRUN_2 = {"TORCHELASTIC_RUN_ID": "x", "RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "4",
               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 SLURM_4 = {"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "7",
-           "SLURM_NODELIST": "n1", "SLURM_JOB_NAME": "train", "SLURM_NTASKS_PER_NODE": "4"}
+           "SLURM_STEP_ID": "0", "SLURM_NODELIST": "n1", "SLURM_JOB_NAME": "train", "SLURM_NTASKS_PER_NODE": "4"}
 GPUS = {"cpu": 1, "cuda": 2}
 MAC = {"cpu": 1, "mps": 1}
 
@@ -79,9 +79,12 @@ CASES = [
     (dict(devices=2, env=TORCHRUN_2), CPU, ConfigurationError,
      "Fabric(devices=2, num_nodes=1) expects 2 processes (2 per node), but torchelastic started 4 (4 per node). Fix: make them agree"),
     (dict(devices=2, num_nodes=2, env=SLURM_4), CPU, ConfigurationError,
-     "Fabric(devices=2, num_nodes=2) expects 4 processes (2 per node), but slurm started 4 (4 per node)."),
+     "Fabric(devices=2, num_nodes=2) expects 4 process(es), 2 on each of 2 node(s), but srun started 4 task(s) on 1 "
+     "node(s), 4 per node (SLURM_NTASKS_PER_NODE=4). Each SLURM task is one process of the run, so the counts must "
+     "agree. Fix: start 4 task(s) as Fabric expects: srun -N2 --ntasks-per-node=2 python "),
     (dict(devices=4, env={**SLURM_4, "SLURM_NTASKS_PER_NODE": "2(x2)"}), CPU, ConfigurationError,
-     "Fabric(devices=4, num_nodes=1) expects 4 processes (4 per node), but slurm started 4 (2 per node)"),
+     "Fabric(devices=4, num_nodes=1) expects 4 process(es), 4 on each of 1 node(s), but srun started 4 task(s) on 2 "
+     "node(s), 2 per node"),
     (dict(accelerator="mps", precision="64-true"), MAC, ConfigurationError,
      "Fabric(accelerator='mps', precision='64-true') cannot work: MPS has no float64."),
 ]

@@ -116,6 +116,7 @@ def resolve(
         reasons=reasons,
         external_sizes=external_sizes,
         devices_given=given["devices"] != "auto",
+        scheduler_env={k: v for k, v in env.items() if k.startswith("SLURM_") or k == "NODE_RANK"},
         accelerator_instance=accelerator_instance,
         strategy_instance=strategy_instance,
         precision_instance=precision_plugin,

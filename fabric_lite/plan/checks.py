@@ -6,6 +6,7 @@ from typing import Callable
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.plan.model import Plan
+from fabric_lite.plan.slurm import CHECKS as SLURM_CHECKS
 
 # (predicate, message) pairs; the message is "what you asked -> why -> Fix:".
 _UNSUPPORTED: list[tuple[Callable[[Plan], bool], Callable[[Plan], str]]] = [
@@ -43,6 +44,7 @@ _UNSUPPORTED += [
         lambda p: f"Fabric(strategy='dp', accelerator={p.accelerator!r}): DataParallel splits batches over CUDA GPUs. "
         f"Fix: strategy='ddp' for several {p.accelerator} processes, or accelerator='cuda'.",
     ),
+    *SLURM_CHECKS,  # before the generic size check: they name the srun flags
     (
         _external_mismatch,
         lambda p: (

@@ -26,6 +26,9 @@ class Plan:
     #: (world size, processes per node) reported by an environment that made the processes, else None.
     external_sizes: tuple[int, int | None] | None = None
     devices_given: bool = True
+    #: The job scheduler's variables (``SLURM_*``, and ``NODE_RANK``) seen at resolve time: the checks word
+    #: their hints from them (e.g. the srun flags that would have worked).
+    scheduler_env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     accelerator_instance: Accelerator | None = field(default=None, repr=False, compare=False)
     strategy_instance: Strategy | None = field(default=None, repr=False, compare=False)
     precision_instance: Precision | None = field(default=None, repr=False, compare=False)

@@ -10,23 +10,41 @@ from fabric_lite.environments import LocalEnvironment, SLURMEnvironment, TorchEl
 from fabric_lite.environments.slurm import first_hostname
 from fabric_lite.plan import resolve
 
+# What srun sets in a task (as seen under the real srun of tests/clusters/test_slurm.py).
 SLURM = {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
-         "SLURM_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train.sh",
-         "SLURM_NTASKS_PER_NODE": "2(x2)"}
+         "SLURM_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "train.sh",
+         "SLURM_NTASKS_PER_NODE": "2", "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}
 
 
 def test_slurm_reads_ranks_and_main_node():
     env = SLURMEnvironment(SLURM)
     assert SLURMEnvironment.detect(SLURM)
     assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank()) == (4, 3, 1, 1)
-    assert env.main_address == "gpu07" and env.main_port == 10000 + 4242 % 20000
+    assert env.main_address == "gpu07" and env.main_port == 10000 + 4242 * 16 % 20000
     assert env.local_world_size() == 2 and env.creates_processes_externally
     assert SLURMEnvironment({**SLURM, "MASTER_PORT": "1234", "MASTER_ADDR": "h"}).main_port == 1234
 
 
 @pytest.mark.parametrize("name", ["bash", "interactive"])
 def test_interactive_slurm_shell_is_not_a_slurm_launch(name):
-    assert not SLURMEnvironment.detect({**SLURM, "SLURM_JOB_NAME": name})
+    # srun --pty bash: a one-task step named after the shell (or salloc's "interactive")
+    shell = {**SLURM, "SLURM_JOB_NAME": name, "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}
+    assert not SLURMEnvironment.detect(shell)
+    # but srun -n4 inside salloc (job name "interactive") starts real tasks
+    assert SLURMEnvironment.detect({**SLURM, "SLURM_JOB_NAME": name, "SLURM_STEP_NUM_TASKS": "4"})
+
+
+def test_batch_script_and_salloc_shell_are_not_srun_tasks():
+    batch = {k: v for k, v in SLURM.items() if k not in ("SLURM_STEP_ID", "SLURM_STEP_TASKS_PER_NODE")}
+    assert not SLURMEnvironment.detect(batch)
+    salloc_shell = {k: v for k, v in batch.items() if k not in ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID")}
+    assert not SLURMEnvironment.detect(salloc_shell)
+
+
+def test_slurm_uneven_layout_and_step_ports():
+    env = SLURMEnvironment({**SLURM, "SLURM_NTASKS": "3", "SLURM_STEP_TASKS_PER_NODE": "2,1", "SLURM_NODEID": "1"})
+    assert env.tasks_per_node_layout() == (2, 1) and env.local_world_size() == 1 and env.num_nodes() == 2
+    assert SLURMEnvironment({**SLURM, "SLURM_STEP_ID": "1"}).main_port == env.main_port + 1
 
 
 @pytest.mark.parametrize(("nodelist", "first"), [("n1", "n1"), ("n[3-5]", "n3"), ("a[01,04-06],b2", "a01"), ("x-1,y", "x-1")])
