@@ -13,7 +13,8 @@ flag fails before any process starts), hands the settings to the script through 
 management to ``torch.distributed.run`` (torchrun): rendezvous, per-rank environment, failure
 handling and restarts are torch's own. ``Fabric.launch()`` in the script is then a no-op.
 
-``fabric-run consolidate`` merges a sharded checkpoint folder (``strategy="fsdp"``) into one file
+``fabric-run consolidate`` merges a sharded checkpoint folder (``strategy="fsdp"``, or a DeepSpeed
+strategy's folder through DeepSpeed's own zero_to_fp32) into one file
 that ``torch.load`` reads and that loads into a model on any strategy or none.
 
 Examples::
@@ -101,13 +102,15 @@ def consolidate_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="fabric-run consolidate", description="Merge a sharded checkpoint folder into one torch.load-able file."
     )
-    parser.add_argument("checkpoint_dir", help="the folder fabric.save wrote with strategy='fsdp'")
+    parser.add_argument("checkpoint_dir", help="the folder fabric.save wrote with strategy='fsdp' or a DeepSpeed strategy")
     parser.add_argument("--output", "-o", required=True, help="the file to write")
     args = parser.parse_args(argv)
     from fabric_lite.checkpoint.sharded import consolidate
+    from fabric_lite.strategies.deepspeed import consolidate_deepspeed_checkpoint, is_deepspeed_checkpoint
 
+    merge = consolidate_deepspeed_checkpoint if is_deepspeed_checkpoint(args.checkpoint_dir) else consolidate
     try:
-        written = consolidate(args.checkpoint_dir, args.output)
+        written = merge(args.checkpoint_dir, args.output)
     except FabricLiteError as error:
         print(f"fabric-run: {error}", file=sys.stderr)
         return 2

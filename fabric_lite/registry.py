@@ -118,6 +118,24 @@ STRATEGIES.register(
     "fsdp", "fabric_lite.strategies.fsdp:FSDPStrategy", start_method="popen",
     description="FSDP2 (fully_shard): parameters, gradients and optimizer state sharded; `python train.py` re-runs the script per rank",
 )
+_DEEPSPEED = "fabric_lite.strategies.deepspeed:DeepSpeedStrategy"
+STRATEGIES.register("deepspeed", _DEEPSPEED, start_method="popen", description="DeepSpeed ZeRO stage 2 (or your config)")
+STRATEGIES.register("deepspeed_stage_1", _DEEPSPEED, start_method="popen", stage=1, description="ZeRO-1: optimizer state sharded")
+STRATEGIES.register("deepspeed_stage_2", _DEEPSPEED, start_method="popen", stage=2, description="ZeRO-2: + gradients sharded")
+STRATEGIES.register(
+    "deepspeed_stage_2_offload", _DEEPSPEED, start_method="popen", stage=2, offload_optimizer=True,
+    description="ZeRO-2 with optimizer state in CPU memory",
+)
+STRATEGIES.register("deepspeed_stage_3", _DEEPSPEED, start_method="popen", stage=3, description="ZeRO-3: + parameters sharded")
+STRATEGIES.register(
+    "deepspeed_stage_3_offload", _DEEPSPEED, start_method="popen", stage=3, offload_optimizer=True,
+    offload_parameters=True, description="ZeRO-3 with optimizer state and parameters in CPU memory",
+)
+STRATEGIES.register(
+    "deepspeed_stage_3_offload_nvme", _DEEPSPEED, start_method="popen", stage=3, offload_optimizer=True,
+    offload_parameters=True, offload_optimizer_device="nvme", offload_params_device="nvme",
+    description="ZeRO-3 with optimizer state and parameters on NVMe (set nvme_path)",
+)
 
 LAUNCHERS = Registry("launcher")
 LAUNCHERS.register("none", "fabric_lite.launchers.external:ExternalLauncher", description="one process")

@@ -170,6 +170,11 @@ class FabricOptimizer:
         kwargs = {} if closure is None else {"closure": closure}
         return self._strategy.optimizer_step(self._optimizer, **kwargs)
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        # The wrapped optimizer's own: a strategy may hand out an optimizer (DeepSpeed's ZeRO) that keeps
+        # gradients of its own, which the base class's loop over param_groups would miss.
+        self._optimizer.zero_grad(set_to_none=set_to_none)
+
     def state_dict(self) -> dict[str, Any]:
         return self._strategy.get_optimizer_state(self._optimizer)
 

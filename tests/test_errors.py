@@ -29,7 +29,9 @@ CASES = [
     (dict(accelerator=3), CPU, ConfigurationError, "Fabric(accelerator=3) is not a known accelerator. Choose one of:"),
     (dict(strategy="fancy"), CPU, ConfigurationError,
      "Fabric(strategy='fancy') is not a known strategy. Choose one of: single_device, ddp, ddp_spawn, ddp_fork, "
-     "ddp_notebook, ddp_find_unused_parameters_true, ddp_spawn_find_unused_parameters_true, dp, fsdp."),
+     "ddp_notebook, ddp_find_unused_parameters_true, ddp_spawn_find_unused_parameters_true, dp, fsdp, "
+     "deepspeed, deepspeed_stage_1, deepspeed_stage_2, deepspeed_stage_2_offload, deepspeed_stage_3, "
+     "deepspeed_stage_3_offload, deepspeed_stage_3_offload_nvme."),
     (dict(strategy=None), CPU, ConfigurationError, "Fabric(strategy=None) is not a known strategy. Choose one of: auto,"),
     (dict(precision="17-mixed"), CPU, ConfigurationError,
      "Fabric(precision='17-mixed') is not a known precision. Choose one of: 32-true, 64-true, 16-mixed, bf16-mixed, 16-true, bf16-true."),
@@ -69,7 +71,7 @@ CASES = [
     (dict(plugins=[LocalEnvironment({}), LocalEnvironment({})]), CPU, ConfigurationError,
      "received 2 cluster environments"),
     (dict(plugins=["bf16"]), CPU, ConfigurationError,
-     "Fabric(plugins=[str]) is not a supported plugin. Choose instances of: Precision, ClusterEnvironment."),
+     "Fabric(plugins=[str]) is not a supported plugin. Choose instances of: Precision, ClusterEnvironment, Preemption."),
     (dict(num_nodes=0), CPU, ConfigurationError, "Fabric(num_nodes=0) must be a positive int."),
     (dict(num_nodes="two"), CPU, ConfigurationError, "Fabric(num_nodes='two') must be a positive int."),
     (dict(strategy="single_device", devices=2), CPU, ConfigurationError,

@@ -73,6 +73,24 @@ def test_optimizer_wrapper_shares_state_and_steps_once():
     assert net.fc.weight.grad is None
 
 
+def test_optimizer_wrapper_zero_grad_is_the_wrapped_optimizers_own():
+    class KeepsOwnGrads(torch.optim.SGD):  # like DeepSpeed's ZeRO optimizer: gradients live outside param.grad
+        def zero_grad(self, set_to_none=True):
+            self.calls.append(set_to_none)
+            super().zero_grad(set_to_none=set_to_none)
+
+    fabric = Fabric(accelerator="cpu")
+    net = Net()
+    opt = KeepsOwnGrads(net.parameters(), lr=1.0)
+    opt.calls = []
+    model, fopt = fabric.setup(net, opt)
+    model(torch.ones(1, 3)).sum().backward()
+    fopt.zero_grad(set_to_none=False)
+    fopt.zero_grad()
+    assert opt.calls == [False, True]
+    assert net.fc.weight.grad is None
+
+
 def test_scheduler_created_after_setup_drives_the_optimizer():
     _, _, opt, model, fopt = setup()
     scheduler = torch.optim.lr_scheduler.StepLR(fopt, step_size=1, gamma=0.5)

@@ -103,7 +103,8 @@ def load_checkpoint_file(path: str | Path, *, weights_only: bool = True, map_loc
         if (path / "COMPLETE").is_file():
             raise CheckpointError(
                 f"fabric.load({str(path)!r}) got a sharded checkpoint folder, which this strategy cannot read. "
-                f"Fix: load it with strategy='fsdp', or convert it once: fabric-run consolidate {path} --output FILE."
+                f"Fix: load it with the strategy that wrote it ('fsdp' or a DeepSpeed strategy), or convert it once: "
+                f"fabric-run consolidate {path} --output FILE."
             )
         raise CheckpointError(
             f"fabric.load({str(path)!r}) got a folder, but this strategy saves single-file checkpoints. "

@@ -221,5 +221,5 @@ def test_sharded_folder_loaded_by_a_single_file_strategy_points_to_consolidate(t
     folder = tmp_path / "sharded"
     folder.mkdir()
     (folder / "COMPLETE").write_text("done\n")
-    with pytest.raises(CheckpointError, match=re.escape("got a sharded checkpoint folder, which this strategy cannot read. Fix: load it with strategy='fsdp', or convert it once: fabric-run consolidate")):
+    with pytest.raises(CheckpointError, match=re.escape("got a sharded checkpoint folder, which this strategy cannot read. Fix: load it with the strategy that wrote it ('fsdp' or a DeepSpeed strategy), or convert it once: fabric-run consolidate")):
         Fabric(accelerator="cpu").load(folder)
