@@ -27,7 +27,13 @@ from fabric_lite.checkpoint.io import _fsync_dir, atomic_save
 from fabric_lite.checkpoint.sharded import MARKER, _move_into_place, _temporary_sibling
 from fabric_lite.checkpoint.state import META_KEY, restore_state, to_saveable
 from fabric_lite.environments.base import ClusterEnvironment
-from fabric_lite.errors import CheckpointError, ConfigurationError, UsageError, choices_error, missing_package
+from fabric_lite.errors import (
+    CheckpointError,
+    ConfigurationError,
+    UsageError,
+    choices_error,
+    missing_package,
+)
 from fabric_lite.precision.base import Precision, cast_floating
 from fabric_lite.precision.true import default_dtype
 from fabric_lite.strategies.ddp import DEFAULT_TIMEOUT, DDPStrategy, StartMethod

@@ -17,7 +17,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fabric_lite import Fabric
-from fabric_lite.strategies.deepspeed import DeepSpeedStrategy, consolidate_deepspeed_checkpoint
+from fabric_lite.strategies.deepspeed import (
+    DeepSpeedStrategy,
+    consolidate_deepspeed_checkpoint,
+)
 
 
 class NotAllowed:
