@@ -1,0 +1,408 @@
+"""LightningModule: the user's model with the six sections (set-up, train/val/test/predict steps, optimizers) and hooks.
+
+Same names as ``lightning.pytorch.LightningModule`` so that a script ports with an import swap. The
+module knows its Trainer while a run is under way; everything device-, precision- or process-related
+goes through the Trainer's public :class:`~fabric_lite.Fabric`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+from collections.abc import Generator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from fabric_lite.errors import ConfigurationError, UsageError
+from fabric_lite.trainer.hooks import ModelHooks
+from fabric_lite.utilities.apply_func import move_data_to_device
+from fabric_lite.wrappers import unwrap
+
+if TYPE_CHECKING:
+    from fabric_lite.fabric import Fabric
+    from fabric_lite.trainer.trainer import Trainer
+
+
+class AttributeDict(dict):
+    """A dict whose keys read as attributes too: ``hparams.lr == hparams["lr"]``.
+
+    Example:
+        >>> AttributeDict(lr=0.1).lr
+        0.1
+    """
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError as error:
+            raise AttributeError(f"hparams has no {key!r}; it has: {', '.join(self) or 'nothing'}") from error
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
+class ManualOptimizer:
+    """What ``self.optimizers()`` returns under manual optimisation: the set-up optimizer, with ``step`` running the hooks.
+
+    ``step`` calls ``on_before_optimizer_step`` (callbacks, then module), steps through Fabric and counts one
+    ``global_step``, as Lightning does; every other attribute is the optimizer's own.
+    """
+
+    def __init__(self, optimizer: Any, trainer: Trainer) -> None:
+        self.__dict__["_optimizer"] = optimizer
+        self.__dict__["_trainer"] = trainer
+
+    @property
+    def optimizer(self) -> Optimizer:
+        return unwrap(self._optimizer)
+
+    def step(self, closure: Any = None) -> Any:
+        trainer = self._trainer
+        trainer._call_hook("on_before_optimizer_step", self._optimizer)
+        output = self._optimizer.step(closure) if closure is not None else self._optimizer.step()
+        trainer._after_optimizer_step()
+        return output
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._optimizer.zero_grad(set_to_none=set_to_none)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_optimizer"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._optimizer, name, value)
+
+
+class LightningModule(ModelHooks, nn.Module):
+    """Base class of a model run by :class:`~fabric_lite.trainer.Trainer`.
+
+    Override ``training_step`` and ``configure_optimizers`` (plus ``validation_step``, ``test_step``,
+    ``predict_step`` and any hook as needed). Inside, ``self.log(...)`` records metrics, ``self.device``
+    is the process's device and ``self.trainer`` the running Trainer.
+
+    Example:
+        >>> class Regressor(LightningModule):
+        ...     def __init__(self, lr=0.1):
+        ...         super().__init__()
+        ...         self.save_hyperparameters()
+        ...         self.layer = torch.nn.Linear(2, 1)
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        ...         self.log("train_loss", loss)
+        ...         return loss
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        >>> Regressor().hparams
+        {'lr': 0.1}
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trainer: Trainer | None = None
+        self._automatic_optimization = True
+        self._hparams = AttributeDict()
+        self._hparams_initial = AttributeDict()
+        self._toggled: dict[nn.Parameter, bool] | None = None
+        self.example_input_array: Any = None
+
+    # ------------------------------------------------------------------------------ the trainer and its state
+    @property
+    def trainer(self) -> Trainer:
+        """The Trainer running this module (only during ``fit``/``validate``/``test``/``predict`` and after)."""
+        if self._trainer is None:
+            raise UsageError(
+                f"{type(self).__name__}.trainer was read, but the module is not attached to a Trainer. "
+                f"Fix: run it with Trainer().fit(model) (or validate/test/predict) first."
+            )
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Trainer | None) -> None:
+        self._trainer = trainer
+
+    @property
+    def fabric(self) -> Fabric:
+        """The Trainer's Fabric (devices, precision, collectives)."""
+        return self.trainer.fabric
+
+    @property
+    def device(self) -> torch.device:
+        """The device of this process (before a run: where the parameters are)."""
+        if self._trainer is not None:
+            return self._trainer.fabric.device
+        for tensor in self.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for tensor in self.parameters():
+            return tensor.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def current_epoch(self) -> int:
+        return 0 if self._trainer is None else self._trainer.current_epoch
+
+    @property
+    def global_step(self) -> int:
+        return 0 if self._trainer is None else self._trainer.global_step
+
+    @property
+    def global_rank(self) -> int:
+        return 0 if self._trainer is None else self._trainer.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return 0 if self._trainer is None else self._trainer.local_rank
+
+    @property
+    def logger(self) -> Any:
+        return None if self._trainer is None else self._trainer.logger
+
+    @property
+    def loggers(self) -> list[Any]:
+        return [] if self._trainer is None else self._trainer.loggers
+
+    @property
+    def automatic_optimization(self) -> bool:
+        """True (default): the Trainer calls backward, steps and zeroes. False: ``training_step`` does it."""
+        return self._automatic_optimization
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self._automatic_optimization = bool(value)
+
+    # ------------------------------------------------------------------------------ hyperparameters
+    @property
+    def hparams(self) -> AttributeDict:
+        return self._hparams
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """The hyperparameters as first saved (later changes to ``hparams`` do not show here)."""
+        return copy.deepcopy(self._hparams_initial)
+
+    def save_hyperparameters(self, *args: Any, ignore: list[str] | str | None = None, frame: Any = None, logger: bool = True) -> None:
+        """Store the arguments of ``__init__`` in ``self.hparams`` (and log them at fit start).
+
+        With no arguments every ``__init__`` argument is kept; pass names (``save_hyperparameters("lr")``)
+        to keep some, a dict to give them explicitly, and ``ignore=[...]`` to leave some out.
+        """
+        ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
+        if len(args) == 1 and isinstance(args[0], Mapping):
+            values = dict(args[0])
+        else:
+            caller = frame if frame is not None else inspect.currentframe().f_back  # type: ignore[union-attr]
+            init_args = _init_arguments(caller)
+            if args:
+                unknown = [name for name in args if name not in init_args]
+                if unknown:
+                    raise ConfigurationError(
+                        f"save_hyperparameters({', '.join(map(repr, args))}): {', '.join(map(repr, unknown))} is not an "
+                        f"argument of __init__. Fix: name one of: {', '.join(init_args) or '(none)'}."
+                    )
+                values = {name: init_args[name] for name in args}
+            else:
+                values = init_args
+        values = {k: v for k, v in values.items() if k not in ignored}
+        self._hparams.update(values)
+        self._hparams_initial = copy.deepcopy(AttributeDict(self._hparams))
+        self._log_hyperparams = logger
+
+    # ------------------------------------------------------------------------------ logging
+    def log(
+        self,
+        name: str,
+        value: Any,
+        prog_bar: bool = False,
+        logger: bool = True,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: str = "mean",
+        sync_dist: bool = False,
+        batch_size: int | None = None,
+        **_: Any,
+    ) -> None:
+        """Record a metric: per step (``on_step``), averaged over the epoch (``on_epoch``, weighted by ``batch_size``).
+
+        Defaults follow Lightning: ``training_step`` logs per step, evaluation steps and epoch-end hooks per
+        epoch. ``sync_dist=True`` reduces across processes (epoch values: sums of value x batch size and of
+        batch sizes, so each sample counts once). Outside a run the call does nothing.
+        """
+        if self._trainer is None:
+            return
+        self._trainer._results.log(
+            name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+            reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size,
+        )
+
+    def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
+        """``self.log`` for each item of ``dictionary`` with the same options."""
+        for name, value in dictionary.items():
+            self.log(name, value, **kwargs)
+
+    # ------------------------------------------------------------------------------ the six sections
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.forward is not defined. Fix: define forward(self, x) or call a sub-module.")
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigurationError(
+            f"{type(self).__name__} has no training_step, so Trainer.fit has nothing to run. "
+            f"Fix: define training_step(self, batch, batch_idx) returning the loss."
+        )
+
+    def validation_step(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def test_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigurationError(
+            f"Trainer.test needs {type(self).__name__}.test_step. Fix: define test_step(self, batch, batch_idx)."
+        )
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        """Default: ``self(batch)`` (or ``self(batch[0])`` for an ``(x, y)`` batch)."""
+        if isinstance(batch, (list, tuple)) and batch:
+            return self(batch[0])
+        return self(batch)
+
+    def configure_optimizers(self) -> Any:
+        raise ConfigurationError(
+            f"{type(self).__name__} has no configure_optimizers, so Trainer.fit has nothing to step. "
+            f"Fix: def configure_optimizers(self): return torch.optim.Adam(self.parameters())."
+        )
+
+    def configure_callbacks(self) -> Any:
+        """Callbacks the model adds to the Trainer's (replacing any of the same type)."""
+        return []
+
+    # ------------------------------------------------------------------------------ batch transfer
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return move_data_to_device(batch, device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    # ------------------------------------------------------------------------------ optimisation
+    def optimizers(self, use_pl_optimizer: bool = True) -> Any:
+        """The set-up optimizer(s): one object, or a list when there are several."""
+        optimizers = self.trainer.optimizers
+        if use_pl_optimizer:
+            optimizers = [ManualOptimizer(o, self.trainer) for o in optimizers]
+        return optimizers[0] if len(optimizers) == 1 else optimizers
+
+    def lr_schedulers(self) -> Any:
+        """The scheduler(s) from ``configure_optimizers``: None, one, or a list."""
+        schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
+        if not schedulers:
+            return None
+        return schedulers[0] if len(schedulers) == 1 else schedulers
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Use instead of ``loss.backward()`` under manual optimisation (scaling, strategy hooks, backward hooks)."""
+        trainer = self.trainer
+        trainer._call_hook("on_before_backward", loss)
+        trainer.fabric.backward(loss, *args, model=trainer._fabric_model, **kwargs)
+        trainer._call_hook("on_after_backward")
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Called by the Trainer under automatic optimisation; override to customise."""
+        self.trainer.fabric.backward(loss, *args, model=self.trainer._fabric_model, **kwargs)
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Freeze (``requires_grad=False``) every parameter that belongs only to the other optimizers."""
+        own = {id(p) for group in unwrap(_inner(optimizer)).param_groups for p in group["params"]}
+        if self._toggled is None:
+            self._toggled = {}
+        for other in self.trainer.optimizers:
+            for group in unwrap(other).param_groups:
+                for parameter in group["params"]:
+                    if id(parameter) in own:
+                        continue
+                    self._toggled.setdefault(parameter, parameter.requires_grad)
+                    parameter.requires_grad = False
+        for group in unwrap(_inner(optimizer)).param_groups:
+            for parameter in group["params"]:
+                if parameter in self._toggled:
+                    parameter.requires_grad = self._toggled.pop(parameter)
+
+    def untoggle_optimizer(self, optimizer: Any = None) -> None:
+        """Restore ``requires_grad`` of the parameters that :meth:`toggle_optimizer` froze."""
+        for parameter, requires_grad in (self._toggled or {}).items():
+            parameter.requires_grad = requires_grad
+        self._toggled = None
+
+    @contextlib.contextmanager
+    def toggled_optimizer(self, optimizer: Any) -> Generator[None, None, None]:
+        """``toggle_optimizer`` for the block, ``untoggle_optimizer`` after it."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
+
+    def clip_gradients(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip the gradients of the module by norm (default) or by value, through ``fabric.clip_gradients``."""
+        if not gradient_clip_val:
+            return
+        algorithm = gradient_clip_algorithm or "norm"
+        fabric, model = self.trainer.fabric, self.trainer._fabric_model
+        if algorithm == "value":
+            fabric.clip_gradients(model, _inner(optimizer), clip_val=gradient_clip_val)
+        elif algorithm == "norm":
+            fabric.clip_gradients(model, _inner(optimizer), max_norm=gradient_clip_val, error_if_nonfinite=False)
+        else:
+            raise ConfigurationError(
+                f"clip_gradients(gradient_clip_algorithm={algorithm!r}) is not a known algorithm. Choose one of: norm, value."
+            )
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Called before each optimizer step with the Trainer's clipping settings; override to customise."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        optimizer.zero_grad()
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        optimizer.step()
+
+    # ------------------------------------------------------------------------------ copies
+    def __getstate__(self) -> dict[str, Any]:
+        # copy.deepcopy (AveragedModel, EMA) and pickling must not drag the Trainer, its Fabric and loaders along.
+        state = self.__dict__.copy()
+        state["_trainer"] = None
+        state["_toggled"] = None
+        return state
+
+
+def _inner(optimizer: Any) -> Any:
+    return optimizer._optimizer if isinstance(optimizer, ManualOptimizer) else optimizer
+
+
+def _init_arguments(frame: Any) -> dict[str, Any]:
+    """The arguments of the ``__init__`` whose frame is ``frame`` (and of the subclass ``__init__`` calls above it)."""
+    collected: dict[str, Any] = {}
+    while frame is not None and frame.f_code.co_name == "__init__":
+        info = inspect.getargvalues(frame)
+        local = info.locals
+        values = {name: local[name] for name in info.args[1:] if name in local}
+        if info.keywords and isinstance(local.get(info.keywords), dict):
+            values.update(local[info.keywords])
+        for name, value in values.items():
+            collected.setdefault(name, value)
+        if "self" not in local or frame.f_back is None or frame.f_back.f_locals.get("self") is not local["self"]:
+            break
+        frame = frame.f_back
+    return collected

@@ -1,0 +1,227 @@
+"""What ``self.log`` records: step values, epoch accumulators weighted by batch size, and their reduction across ranks.
+
+An epoch mean is ``sum(value x batch_size) / sum(batch_size)``; with ``sync_dist`` both sums are
+all-reduced first, so batches of different sizes and ranks with different numbers of samples
+(evaluation loaders split without padding) count each sample exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fabric_lite.errors import ConfigurationError, UsageError
+
+if TYPE_CHECKING:
+    from fabric_lite.fabric import Fabric
+
+REDUCE_FX = ("mean", "sum", "max", "min")
+
+
+@dataclass
+class _Metric:
+    name: str
+    on_step: bool
+    on_epoch: bool
+    prog_bar: bool
+    logger: bool
+    reduce_fx: str
+    sync_dist: bool
+    total: torch.Tensor | None = None  # sum of value x weight (mean), sum (sum), running max/min
+    weight: float = 0.0
+    step_value: torch.Tensor | None = None
+    fresh_step: bool = False
+
+    def update(self, value: torch.Tensor, batch_size: int) -> None:
+        value = value.detach().to(torch.float64)
+        self.step_value = value
+        self.fresh_step = True
+        if not self.on_epoch:
+            return
+        if self.total is None:
+            self.total = torch.zeros((), dtype=torch.float64, device=value.device)
+            if self.reduce_fx in ("max", "min"):
+                self.total = value.clone()
+        if self.reduce_fx == "mean":
+            self.total = self.total + value * batch_size
+        elif self.reduce_fx == "sum":
+            self.total = self.total + value
+        elif self.reduce_fx == "max":
+            self.total = torch.maximum(self.total, value)
+        else:
+            self.total = torch.minimum(self.total, value)
+        self.weight += batch_size
+
+
+def batch_size_of(batch: Any) -> int:
+    """The length of the first tensor found in ``batch`` (1 if there is none), like Lightning's guess."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() > 0 else 1
+    if isinstance(batch, dict):
+        for value in batch.values():
+            return batch_size_of(value)
+    if isinstance(batch, (list, tuple)):
+        for value in batch:
+            return batch_size_of(value)
+    return 1
+
+
+class Results:
+    """The metrics of the running loop (one instance per fit / validate / test call, reset per epoch)."""
+
+    def __init__(self, fabric: Fabric, callback_metrics: dict[str, torch.Tensor]) -> None:
+        self.fabric = fabric
+        self.callback_metrics = callback_metrics  # the Trainer's: what callbacks (checkpoint, early stopping) read
+        self.stage = "train"
+        self.hook = "training_step"
+        self.batch: Any = None
+        self._metrics: dict[str, dict[str, _Metric]] = {}
+        self.enabled = True
+
+    # ------------------------------------------------------------------------------ recording
+    def log(
+        self, name: str, value: Any, *, prog_bar: bool, logger: bool, on_step: bool | None, on_epoch: bool | None,
+        reduce_fx: str, sync_dist: bool, batch_size: int | None,
+    ) -> None:
+        if not self.enabled:
+            return
+        if self.hook in ("predict_step",) or self.stage == "predict":
+            raise UsageError(
+                f"self.log({name!r}, ...) was called in {self.hook}, but prediction records no metrics. "
+                f"Fix: return the values from predict_step instead."
+            )
+        if reduce_fx not in REDUCE_FX:
+            raise ConfigurationError(
+                f"self.log({name!r}, reduce_fx={reduce_fx!r}) is not a known reduction. Choose one of: {', '.join(REDUCE_FX)}."
+            )
+        in_step = self.hook.endswith("_step") or self.hook.endswith("batch_start") or self.hook.endswith("batch_end") or self.hook in (
+            "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
+        if on_step is None:
+            on_step = self.stage == "train" and in_step
+        if on_epoch is None:
+            on_epoch = not (self.stage == "train" and in_step)
+        if on_step and not in_step:
+            raise UsageError(
+                f"self.log({name!r}, on_step=True) was called in {self.hook}, which runs once per epoch, not per step. "
+                f"Fix: use on_step=False, on_epoch=True there."
+            )
+        tensor = _to_tensor(name, value, self.fabric.device)
+        if batch_size is None:
+            batch_size = batch_size_of(self.batch) if in_step else 1
+        stage_metrics = self._metrics.setdefault(self.stage, {})
+        metric = stage_metrics.get(name)
+        if metric is None:
+            metric = stage_metrics[name] = _Metric(name, on_step, on_epoch, prog_bar, logger, reduce_fx, sync_dist)
+        metric.on_step, metric.on_epoch = metric.on_step or on_step, metric.on_epoch or on_epoch
+        metric.update(tensor, batch_size)
+
+    # ------------------------------------------------------------------------------ reading
+    def step_values(self, *, sync: bool) -> tuple[dict[str, float], dict[str, float]]:
+        """Fresh per-step values of the current stage: (for loggers, for the progress bar); marks them read.
+
+        ``sync``: all-reduce ``sync_dist`` values (only where every rank runs the same steps: training).
+        """
+        logged: dict[str, float] = {}
+        bar: dict[str, float] = {}
+        for metric in self._metrics.get(self.stage, {}).values():
+            if not (metric.on_step and metric.fresh_step and metric.step_value is not None):
+                continue
+            value = metric.step_value
+            if sync and metric.sync_dist and self.fabric.world_size > 1:
+                value = self.fabric.all_reduce(value.float(), reduce_op=_collective(metric.reduce_fx)).double()
+            metric.fresh_step = False
+            name = f"{metric.name}_step" if metric.on_epoch else metric.name
+            number = float(value)
+            self.callback_metrics[name] = torch.tensor(number)
+            self.callback_metrics.setdefault(metric.name, torch.tensor(number))
+            if not metric.on_epoch:
+                self.callback_metrics[metric.name] = torch.tensor(number)
+            if metric.logger:
+                logged[name] = number
+            if metric.prog_bar:
+                bar[name] = number
+        return logged, bar
+
+    def epoch_values(self, *, stage: str | None = None, suffix: str = "") -> tuple[dict[str, float], dict[str, float]]:
+        """Reduce the epoch accumulators of ``stage``: (for loggers, for the progress bar). Collective when sync_dist."""
+        stage = stage or self.stage
+        metrics = self._metrics.get(stage, {})
+        names = sorted(name for name, metric in metrics.items() if metric.on_epoch and metric.sync_dist)
+        if self.fabric.world_size > 1 and stage != "train":
+            # Evaluation loaders are split without padding: a rank may have seen no batch and so know no
+            # name. Rank 0's list (it sees the most batches) decides which collectives every rank joins.
+            names = self.fabric.broadcast(names, src=0)
+        logged: dict[str, float] = {}
+        bar: dict[str, float] = {}
+        for name in names:
+            metric = metrics.get(name)
+            value = _reduce_synced(self.fabric, metric)
+            metric = metric or _Metric(name, False, True, False, True, "mean", True)
+            _store(logged, bar, self.callback_metrics, metric, value, suffix)
+        for name, metric in metrics.items():
+            if metric.on_epoch and not metric.sync_dist and metric.total is not None:
+                value = float(metric.total / metric.weight) if metric.reduce_fx == "mean" else float(metric.total)
+                _store(logged, bar, self.callback_metrics, metric, value, suffix)
+        return logged, bar
+
+    def reset(self, stage: str | None = None) -> None:
+        self._metrics.pop(stage or self.stage, None)
+
+
+def _store(
+    logged: dict[str, float], bar: dict[str, float], callback: dict[str, torch.Tensor], metric: _Metric,
+    value: float | None, suffix: str,
+) -> None:
+    if value is None:
+        return
+    name = (f"{metric.name}_epoch" if metric.on_step else metric.name) + suffix
+    callback[name] = torch.tensor(value)
+    callback[metric.name + suffix] = torch.tensor(value)
+    if metric.logger:
+        logged[name] = value
+    if metric.prog_bar:
+        bar[name] = value
+
+
+def _reduce_synced(fabric: Fabric, metric: _Metric | None) -> float | None:
+    if metric is None or metric.total is None:
+        # This rank saw no batch: contribute nothing (zero weight; the identity of max/min).
+        reduce_fx = "mean"
+        total, weight = torch.zeros((), dtype=torch.float64), 0.0
+    else:
+        reduce_fx, total, weight = metric.reduce_fx, metric.total.detach().cpu(), metric.weight
+    if fabric.world_size == 1:
+        if weight == 0:
+            return None
+        return float(total / weight) if reduce_fx == "mean" else float(total)
+    if reduce_fx in ("mean", "sum"):
+        pair = torch.stack([total, torch.tensor(weight, dtype=torch.float64)]).to(fabric.device)
+        total_all, weight_all = fabric.all_reduce(pair, reduce_op="sum").tolist()
+        if weight_all == 0:
+            return None
+        return total_all / weight_all if reduce_fx == "mean" else total_all
+    empty = float("-inf") if reduce_fx == "max" else float("inf")
+    local = total if weight else torch.tensor(empty, dtype=torch.float64)
+    return float(fabric.all_reduce(local.to(fabric.device), reduce_op=reduce_fx))
+
+
+def _collective(reduce_fx: str) -> str:
+    return "mean" if reduce_fx == "mean" else reduce_fx
+
+
+def _to_tensor(name: str, value: Any, device: torch.device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ConfigurationError(
+                f"self.log({name!r}, <tensor of shape {tuple(value.shape)}>): a logged value is one number. "
+                f"Fix: log a reduction such as value.mean(), or one name per element."
+            )
+        return value.detach().reshape(())
+    if isinstance(value, (int, float, bool)):
+        return torch.tensor(float(value), device=device)
+    raise ConfigurationError(
+        f"self.log({name!r}, {type(value).__name__}) cannot be logged: a value must be a number or a one-element tensor. "
+        f"Fix: log float(...) of it, or a tensor."
+    )
