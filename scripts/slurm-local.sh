@@ -11,13 +11,14 @@
 #   status  exit 0 when the cluster answers, 1 when it is down.
 #   env     print `export SLURM_CONF=...` for the shell: eval "$(scripts/slurm-local.sh env)".
 # Environment: FABRIC_LITE_SLURM_DIR (state folder, default /var/tmp/fabric_lite-slurm),
-#   FABRIC_LITE_SLURM_NODES (default 2), FABRIC_LITE_SLURM_CPUS (CPUs per node, default max(nproc, 4)).
+#   FABRIC_LITE_SLURM_NODES (default 2), FABRIC_LITE_SLURM_CPUS (CPUs each node announces, default max(nproc, 8):
+#   more than the machine has, so that a few small test jobs fit side by side).
 # Exit codes: 0 done, 1 failed, 3 SLURM cannot be installed here (not root, or apt-get cannot reach it).
 set -euo pipefail
 
 STATE="${FABRIC_LITE_SLURM_DIR:-/var/tmp/fabric_lite-slurm}"
 NODES="${FABRIC_LITE_SLURM_NODES:-2}"
-CPUS="${FABRIC_LITE_SLURM_CPUS:-$(( $(nproc) > 4 ? $(nproc) : 4 ))}"
+CPUS="${FABRIC_LITE_SLURM_CPUS:-$(( $(nproc) > 8 ? $(nproc) : 8 ))}"
 CONF="$STATE/slurm.conf"
 RUN="$STATE/run"
 HOSTS_TAG="# fabric_lite slurm-local"
@@ -83,13 +84,13 @@ add_hosts() {
   done
 }
 
-write_conf() {
+conf_text() {
   local host ports nodes
   host=$(hostname -s)
   nodes="node[1-$NODES]"
   ports="[17001-$((17000 + NODES))]"
   [ "$NODES" = 1 ] && { nodes=node1; ports=17001; }
-  cat >"$CONF" <<EOF
+  cat <<EOF
 # Written by fabric_lite scripts/slurm-local.sh: $NODES emulated nodes on $host.
 ClusterName=fabric-lite
 SlurmctldHost=$host(127.0.0.1)
@@ -123,6 +124,10 @@ KillWait=5
 NodeName=$nodes NodeHostname=$host NodeAddr=127.0.0.1 Port=$ports CPUs=$CPUS CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=1000
 PartitionName=debug Nodes=$nodes Default=YES MaxTime=INFINITE State=UP
 EOF
+}
+
+write_conf() {
+  conf_text >"$CONF"
   # Let plain `srun` in any shell find this cluster, unless the machine has a configuration of its own.
   mkdir -p /etc/slurm
   if [ ! -e /etc/slurm/slurm.conf ] || [ "$(readlink /etc/slurm/slurm.conf)" = "$CONF" ]; then
@@ -152,7 +157,7 @@ start() {
   flock 9  # concurrent starts (two test sessions) wait for the first
   local t0
   t0=$(date +%s.%N)
-  if installed && running; then
+  if installed && running && [ "$(conf_text)" = "$(cat "$CONF")" ]; then
     say "already running ($(sinfo -h -o '%D nodes %T' | paste -sd, -)); checked in $(elapsed "$t0")"
     print_where
     return 0

@@ -1,0 +1,258 @@
+"""Under a real SLURM (scripts/slurm-local.sh: slurmctld + two emulated nodes on this machine): srun, sbatch and
+salloc runs detect the SLURM environment, get the right ranks and rendezvous from the job, train exactly like
+fabric-run, and misconfigured task counts fail with hints that name the srun flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "scripts" / "slurm-local.sh"
+TRAIN = Path(__file__).parent / "_scripts" / "slurm_train.py"
+PY = sys.executable
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the local SLURM cluster needs Linux"),
+]
+
+# What a rank must not inherit from the shell that runs pytest: it would tell Fabric where it is.
+_LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK")
+
+
+@pytest.fixture(scope="session")
+def slurm_env():
+    """Start the local cluster once per session (installing SLURM when missing); stop it at the end if we started it."""
+    state = os.environ.get("FABRIC_LITE_SLURM_DIR", "/var/tmp/fabric_lite-slurm")
+    started = subprocess.run(["bash", str(CLUSTER), "start"], check=False, capture_output=True, text=True, timeout=900)
+    if started.returncode == 3:  # the script's code for "SLURM cannot be installed here"
+        pytest.skip(f"no SLURM on this machine and it cannot be installed: {started.stderr.strip()}")
+    assert started.returncode == 0, started.stdout + started.stderr
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "TORCHELASTIC_", "FABRIC_LITE_")) and k not in _LAUNCH_VARIABLES}
+    env.update(SLURM_CONF=f"{state}/slurm.conf", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    yield env
+    if "already running" not in started.stdout:  # another session's (or the user's) cluster is left alone
+        subprocess.run(["bash", str(CLUSTER), "stop"], check=False, capture_output=True, timeout=120)
+
+
+def run(cmd, env, timeout=240, **kwargs):
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+
+
+def read_ranks(out_dir: Path, world_size: int) -> list[dict]:
+    reports = [json.loads(p.read_text()) for p in sorted(out_dir.glob("rank*.json"))]
+    assert sorted(r["rank"] for r in reports) == list(range(world_size)), [r["rank"] for r in reports]
+    return sorted(reports, key=lambda r: r["rank"])
+
+
+def fabric_run_weights(env, tmp_path_factory, devices):
+    out = tmp_path_factory.mktemp(f"fabric_run_{devices}")
+    result = run([PY, "-m", "fabric_lite.cli", "--accelerator", "cpu", "--devices", str(devices), str(TRAIN), str(out),
+                  "--devices", str(devices)], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    reports = read_ranks(out, devices)
+    assert all(r["environment"] == "torchelastic" for r in reports)
+    return reports[0]["weights"]
+
+
+@pytest.fixture(scope="module")
+def reference(slurm_env, tmp_path_factory):
+    """Final parameters of the same training under fabric-run, by number of processes (computed on first use)."""
+    cache: dict[int, list] = {}
+
+    def weights(devices: int) -> list:
+        if devices not in cache:
+            cache[devices] = fabric_run_weights(slurm_env, tmp_path_factory, devices)
+        return cache[devices]
+
+    return weights
+
+
+def check_slurm_ranks(reports, *, num_nodes: int, per_node: int):
+    world = num_nodes * per_node
+    job, step = reports[0]["slurm"]["SLURM_JOB_ID"], reports[0]["slurm"]["SLURM_STEP_ID"]
+    for r in reports:
+        assert r["environment"] == "slurm" and r["environment_class"] == "SLURMEnvironment" and r["launcher"] == "external"
+        assert r["world_size"] == world
+        assert r["local_rank"] == r["rank"] % per_node, r
+        assert r["node_rank"] == r["rank"] // per_node, r
+        assert r["slurm"]["SLURMD_NODENAME"] == f"node{r['node_rank'] + 1}"  # the emulated node it really ran on
+        # the rendezvous comes from the job: its first node, a port from the job and step ids, no MASTER_* set
+        assert r["master_in_env"] == []
+        assert (r["slurm"]["SLURM_JOB_ID"], r["slurm"]["SLURM_STEP_ID"]) == (job, step)
+        assert r["main_address"] == "node1"
+        assert r["main_port"] == 10000 + (int(job) * 16 + int(step)) % 20000
+    assert all(r["weights"] == reports[0]["weights"] for r in reports)
+
+
+def srun(*flags: str) -> list[str]:
+    return ["srun", "--time=3", "--kill-on-bad-exit=1", *flags]
+
+
+def test_srun_two_nodes_four_tasks_trains_like_fabric_run(slurm_env, reference, tmp_path):
+    result = run([*srun("-N2", "-n4", "--ntasks-per-node=2"), PY, str(TRAIN), str(tmp_path), "--devices", "2",
+                  "--num-nodes", "2"], slurm_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    reports = read_ranks(tmp_path, 4)
+    check_slurm_ranks(reports, num_nodes=2, per_node=2)
+    assert reports[0]["weights"] == reference(4)  # bit for bit: same data split, same gloo reduction order
+
+
+def test_srun_one_node_two_tasks_trains_like_fabric_run(slurm_env, reference, tmp_path):
+    # no devices=: the two tasks srun made decide the world size
+    result = run([*srun("-N1", "-n2"), PY, str(TRAIN), str(tmp_path)], slurm_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    reports = read_ranks(tmp_path, 2)
+    check_slurm_ranks(reports, num_nodes=1, per_node=2)
+    assert reports[0]["weights"] == reference(2)
+
+
+def sbatch_wait(script: Path, env, timeout=240) -> tuple[str, str]:
+    """Submit a batch script, wait for it to end; returns (job id, its output)."""
+    submitted = run(["sbatch", "--parsable", "--wait", str(script)], env, timeout=timeout, cwd=script.parent)
+    job = submitted.stdout.strip().split(";")[0]
+    output = (script.parent / "job.out").read_text() if (script.parent / "job.out").exists() else ""
+    assert submitted.returncode == 0, f"sbatch: {submitted.stdout}{submitted.stderr}\njob output:\n{output}"
+    return job, output
+
+
+def test_sbatch_script_calling_srun(slurm_env, reference, tmp_path):
+    # The first python line runs in the batch script itself, outside srun: with num_nodes=2 it must refuse
+    # at once (nothing would start on node2) instead of waiting forever for ranks that never come.
+    script = tmp_path / "job.sh"
+    script.write_text(f"""#!/bin/bash
+#SBATCH -N2 --ntasks-per-node=2 --time=3 -o {tmp_path}/job.out
+{PY} {TRAIN} {tmp_path} --devices 2 --num-nodes 2 2> {tmp_path}/outside.err && exit 7
+srun --kill-on-bad-exit=1 {PY} {TRAIN} {tmp_path} --devices 2 --num-nodes 2
+""")
+    job, _ = sbatch_wait(script, slurm_env)
+    reports = read_ranks(tmp_path, 4)
+    check_slurm_ranks(reports, num_nodes=2, per_node=2)
+    assert reports[0]["slurm"]["SLURM_JOB_ID"] == job
+    assert reports[0]["weights"] == reference(4)
+    outside = (tmp_path / "outside.err").read_text()
+    assert (f"Fabric(devices=2, num_nodes=2) runs in the batch script of SLURM job {job}, outside srun: nothing "
+            f"starts processes on the other 1 node(s), so the run would wait for them forever. The job has 2 "
+            f"node(s). Fix: start the script with srun, which makes one task per process on every node: "
+            f"srun -N2 --ntasks-per-node=2 python slurm_train.py.") in outside
+
+
+# ------------------------------------------------------------------------------------ misconfigurations
+def check_only(*slurm_flags: str, devices: int, num_nodes: int = 1) -> list[str]:
+    # No --kill-on-bad-exit: every task fails on its own, and killing the others could lose the first one's output.
+    return ["srun", "--time=3", *slurm_flags, PY, str(TRAIN), "unused", "--devices", str(devices),
+            "--num-nodes", str(num_nodes), "--check-only"]
+
+
+@pytest.fixture(scope="module")
+def misconfigured(slurm_env, tmp_path_factory):
+    """The misconfigured launches, run side by side (each only imports fabric_lite and resolves the plan)."""
+    out = tmp_path_factory.mktemp("misconfigured")
+    inside_salloc = (
+        f"{shlex.join(check_only('-n2', devices=2, num_nodes=2))} 2> {out}/srun.err; echo srun_rc=$?; "
+        f"{PY} {TRAIN} unused --devices 2 --num-nodes 2 --check-only 2> {out}/shell.err; echo shell_rc=$?; "
+        f"echo job=$SLURM_JOB_ID"
+    )
+    commands = {
+        # first and alone for a moment: with all 8 CPUs of node1 free, SLURM puts the 4 tasks there
+        "ntasks": check_only("-n4", "-J", "fl-ntasks", devices=2, num_nodes=2),
+        "uneven": check_only("-N2", "-n3", devices=2, num_nodes=2),
+        "devices": check_only("-N1", "--ntasks-per-node=2", devices=4),
+        "salloc": ["salloc", "-N2", "--ntasks-per-node=2", "--time=3", "bash", "-c", inside_salloc],
+    }
+    processes = {}
+    for name, command in commands.items():
+        processes[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                           env=slurm_env)
+        if name == "ntasks":
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and "RUNNING" not in run(
+                    ["squeue", "-h", "-n", "fl-ntasks", "-o", "%T"], slurm_env, timeout=30).stdout:
+                time.sleep(0.2)
+    results = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=300)
+        results[name] = subprocess.CompletedProcess(commands[name], process.returncode, stdout, stderr)
+    results["salloc_srun"] = subprocess.CompletedProcess([], 1, "", (out / "srun.err").read_text())
+    results["salloc_shell"] = subprocess.CompletedProcess([], 1, "", (out / "shell.err").read_text())
+    return results
+
+
+def failed_hint(result) -> str:
+    assert result.returncode != 0, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if "ConfigurationError: " in line]
+    assert lines, result.stderr
+    return lines[0].split("ConfigurationError: ", 1)[1]
+
+
+def test_ntasks_without_ntasks_per_node(misconfigured):
+    # srun -n4 fills node1 instead of putting 2 tasks on each of the 2 nodes Fabric was told about
+    assert failed_hint(misconfigured["ntasks"]) == (
+        "Fabric(devices=2, num_nodes=2) expects 4 process(es), 2 on each of 2 node(s), but srun started 4 task(s) on 1 "
+        "node(s), 4 per node (SLURM_STEP_TASKS_PER_NODE=4). --ntasks (-n) without --ntasks-per-node lets SLURM put "
+        "the tasks wherever it finds free CPUs, so how many run on each node is not fixed; each task is one process "
+        "and its local rank picks its device. Fix: start 4 task(s) as Fabric expects: srun -N2 --ntasks-per-node=2 "
+        "python slurm_train.py in a job of 2 nodes (salloc or sbatch -N2 --ntasks-per-node=2); or use the tasks "
+        "SLURM started: Fabric(devices=4, num_nodes=1)."
+    )
+
+
+def test_uneven_tasks_over_nodes(misconfigured):
+    hint = failed_hint(misconfigured["uneven"])
+    assert hint.startswith(
+        "Fabric(devices=2, num_nodes=2) expects 4 process(es), 2 on each of 2 node(s), but srun started 3 task(s) on 2 "
+        "node(s), unevenly: 2 on node 0, 1 on node 1 (SLURM_STEP_TASKS_PER_NODE=2,1). --ntasks (-n) without "
+        "--ntasks-per-node")
+    assert hint.endswith("Fix: start 4 task(s) as Fabric expects: srun -N2 --ntasks-per-node=2 python slurm_train.py.")
+
+
+def test_devices_not_matching_tasks_per_node(misconfigured):
+    assert failed_hint(misconfigured["devices"]) == (
+        "Fabric(devices=4, num_nodes=1) expects 4 process(es), 4 on each of 1 node(s), but srun started 2 task(s) on 1 "
+        "node(s), 2 per node (SLURM_STEP_TASKS_PER_NODE=2). Each SLURM task is one process of the run, so the counts "
+        "must agree. Fix: start 4 task(s) as Fabric expects: srun -N1 --ntasks-per-node=4 python slurm_train.py; or "
+        "use the tasks SLURM started: Fabric(devices=2, num_nodes=1)."
+    )
+
+
+def test_srun_with_wrong_counts_inside_salloc(misconfigured):
+    # An interactive allocation of 2 nodes x 2 tasks; inside it, `srun -n2` overrides the layout, and a plain
+    # `python` runs in the allocation's shell, outside srun.
+    result = misconfigured["salloc"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "srun_rc=0" not in result.stdout and "shell_rc=0" not in result.stdout, result.stdout
+    job = result.stdout.split("job=")[1].split()[0]
+    assert failed_hint(misconfigured["salloc_srun"]) == (
+        "Fabric(devices=2, num_nodes=2) expects 4 process(es), 2 on each of 2 node(s), but srun started 2 task(s) on 2 "
+        "node(s), 1 per node (SLURM_STEP_TASKS_PER_NODE=1(x2)). This srun runs inside job " + job + ", allocated with "
+        "--ntasks-per-node=2 on 2 node(s), but a task count given to srun itself (-n/-N) overrides the allocation's "
+        "layout. Fix: start 4 task(s) as Fabric expects: srun -N2 --ntasks-per-node=2 python slurm_train.py (or plain "
+        "`srun python slurm_train.py`, which takes the allocation's layout); or use the tasks SLURM started: "
+        "Fabric(devices=1, num_nodes=2)."
+    )
+    shell_hint = failed_hint(misconfigured["salloc_shell"])
+    assert shell_hint.startswith(
+        f"Fabric(devices=2, num_nodes=2) runs in the shell of SLURM allocation {job} (salloc), outside srun")
+    assert shell_hint.endswith("Fix: start the script with srun, which makes one task per process on every node: "
+                               "srun -N2 --ntasks-per-node=2 python slurm_train.py.")
+
+
+def test_cluster_script_is_idempotent_and_reports_its_state(slurm_env):
+    began = time.monotonic()
+    again = run(["bash", str(CLUSTER), "start"], slurm_env, timeout=60)
+    assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
+    assert "state: " in again.stdout and "SLURM_CONF=" in again.stdout
+    assert time.monotonic() - began < 30
+    status = run(["bash", str(CLUSTER), "status"], slurm_env, timeout=60)
+    assert status.returncode == 0 and "node[1-2]" in status.stdout, status.stdout + status.stderr
+    bad = run(["bash", str(CLUSTER), "restart"], slurm_env, timeout=60)
+    assert bad.returncode == 2 and "usage" in bad.stderr and "Fix:" in bad.stderr
