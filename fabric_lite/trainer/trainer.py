@@ -711,6 +711,7 @@ class Trainer:
         self.stage = "train"
         self._results.stage = "train"
         if run_hooks:
+            self._results.epoch_values(stage="train")  # epoch means visible to the hooks (EarlyStopping on train_loss)
             monitoring = [c for c in self.callbacks if type(c).__name__ in MONITORING or getattr(c, "_monitoring", False)]
             others = [c for c in self.callbacks if c not in monitoring]
             self._call_hook("on_train_epoch_end", callbacks=others)

@@ -57,8 +57,10 @@ class Regressor(LightningModule):
 
 def quiet_trainer(tmp_path: Any, **kwargs: Any) -> Trainer:
     """A CPU Trainer without progress bar, logger or checkpoints unless asked for."""
-    defaults = dict(accelerator="cpu", devices=1, default_root_dir=str(tmp_path), enable_progress_bar=False,
-                    logger=False, enable_checkpointing=False, num_sanity_val_steps=0)
+    defaults = {"accelerator": "cpu", "devices": 1, "default_root_dir": str(tmp_path), "enable_progress_bar": False,
+                "logger": False, "enable_checkpointing": False, "num_sanity_val_steps": 0}
+    if any(type(c).__name__ == "ModelCheckpoint" for c in kwargs.get("callbacks", [])):
+        defaults["enable_checkpointing"] = True
     defaults.update(kwargs)
     return Trainer(**defaults)
 
