@@ -30,6 +30,7 @@ from fabric_lite.utilities.apply_func import (
 )
 from fabric_lite.utilities.data import optimizer_state_to, prepare_dataloader
 from fabric_lite.utilities.rank_zero import rank_zero_only, rank_zero_warn
+from fabric_lite.utilities.resume import gather_loader_states
 from fabric_lite.utilities.seed import seed_everything as _seed_everything
 from fabric_lite.validation import check_dataloaders, check_launch_function, check_module, check_optimizers
 from fabric_lite.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, unwrap, wrap_optimizer
@@ -256,7 +257,8 @@ class Fabric:
         sampler_kwargs = self._strategy.distributed_sampler_kwargs if use_distributed_sampler else None
         dataloader = prepare_dataloader(dataloader, sampler_kwargs, rank=self.global_rank, even_batches=even_batches)
         dataloader = self._strategy.process_dataloader(dataloader)
-        return FabricDataLoader(dataloader, device=self.device if move_to_device else None)
+        device = self.device if move_to_device else None
+        return FabricDataLoader(dataloader, device=device, rank=self.global_rank, world_size=self.world_size)
 
     def _move_to_device(self, module: nn.Module, optimizers: Sequence[Optimizer]) -> nn.Module:
         module = self._strategy.module_to_device(module)
@@ -384,7 +386,8 @@ class Fabric:
 
         ``filter`` maps a state key to ``fn(name, value) -> bool`` selecting entries of that object's state dict.
         """
-        self._strategy.save_checkpoint(path, state, filter=filter)
+        # A set-up dataloader is saved with every rank's position and random state (one gather).
+        self._strategy.save_checkpoint(path, gather_loader_states(state, self.world_size), filter=filter)
         self.barrier("save")
 
     def load(

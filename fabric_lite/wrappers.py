@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.utilities.apply_func import move_data_to_device
+from fabric_lite.utilities.resume import LoaderProgress
 
 if TYPE_CHECKING:
     from fabric_lite.precision.base import Precision
@@ -203,14 +204,19 @@ def wrap_optimizer(optimizer: Optimizer, strategy: Strategy) -> FabricOptimizer:
 
 
 class FabricDataLoader:
-    """Iterates the user's dataloader and moves each batch to the device; other attributes pass through."""
+    """Iterates the user's dataloader and moves each batch to the device; other attributes pass through.
 
-    def __init__(self, dataloader: DataLoader, device: torch.device | None = None) -> None:
+    It is stateful: ``state_dict()`` records the epoch, the batches handed out and the random state, and
+    after ``load_state_dict`` the next ``iter(loader)`` continues that epoch exactly (see
+    ``fabric_lite.utilities.resume``). Put it in the state of ``fabric.save`` / ``fabric.load``.
+    """
+
+    def __init__(self, dataloader: DataLoader, device: torch.device | None = None, *, rank: int = 0, world_size: int = 1) -> None:
         self._dataloader = dataloader
         # Batches from a CPU dataloader already live on a CPU target: no per-batch walk needed.
         self._device = None if device is None or device.type == "cpu" else device
         self._target_device = device
-        self._num_iter_calls = 0
+        self._progress = LoaderProgress(rank=rank, world_size=world_size)
 
     @property
     def device(self) -> torch.device | None:
@@ -227,9 +233,8 @@ class FabricDataLoader:
         sampler = getattr(self._dataloader, "sampler", None)
         if isinstance(sampler, DistributedSampler):
             # A new epoch reshuffles differently, the same way on every rank.
-            sampler.set_epoch(self._num_iter_calls)
-        self._num_iter_calls += 1
-        iterator = iter(self._dataloader)
+            sampler.set_epoch(self._progress.next_epoch())
+        iterator = self._progress.iterate(self._dataloader)  # counts batches; continues an epoch after load_state_dict
         if self._device is None:
             yield from iterator
             return
@@ -237,8 +242,16 @@ class FabricDataLoader:
         for batch in iterator:
             yield move_data_to_device(batch, device)
 
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's position (epoch, batches handed out) and random state; ``fabric.save`` gathers all ranks'."""
+        return self._progress.state_dict(self._dataloader)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state (this rank's entry is picked from a gathered one); the next ``iter`` continues its epoch."""
+        self._progress.load_state_dict(state_dict, self._dataloader)
+
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_dataloader",):
+        if name.startswith("__") or name in ("_dataloader", "_progress"):
             raise AttributeError(name)
         return getattr(self._dataloader, name)
 

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 from torch.optim import Optimizer
 
@@ -75,12 +73,12 @@ def save_folder(
         )
     staging = _temporary_sibling(path, "partial")
     if is_global_zero:
-        shutil.rmtree(staging, ignore_errors=True)  # left by a save that crashed
+        recover(path)  # finish or clear what a save killed part-way left next to the path
         staging.mkdir(parents=True)
     barrier()
     dcp.save(tensors, checkpoint_id=staging)
     if is_global_zero:
-        torch.save(extra, staging / META_FILE)
+        atomic_save(extra, staging / META_FILE)
     barrier()  # every rank's shards are on disk before the marker says so
     if is_global_zero:
         (staging / MARKER).write_text("fabric_lite sharded checkpoint: complete\n")
@@ -91,13 +89,37 @@ def save_folder(
 def _move_into_place(staging: Path, path: Path) -> None:
     # os.replace cannot swap a folder onto a non-empty one: move the old checkpoint aside first,
     # so that at every moment one complete checkpoint exists under a known name.
+    # Killed between the two renames, both siblings hold a marker: latest_checkpoint finds them and the
+    # next save to this path finishes the move (recover).
     previous = _temporary_sibling(path, "previous")
     if path.exists():
-        shutil.rmtree(previous, ignore_errors=True)
+        remove_folder(previous)
         os.replace(path, previous)
     os.replace(staging, path)
     _fsync_dir(path.parent)
-    shutil.rmtree(previous, ignore_errors=True)
+    remove_folder(previous)
+
+
+def remove_folder(folder: Path) -> None:
+    """Delete a checkpoint folder, its marker first, so that a deletion cut short never looks complete."""
+    try:
+        (folder / MARKER).unlink()
+    except FileNotFoundError:
+        pass
+    except NotADirectoryError:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def recover(path: Path) -> None:
+    """Finish the rename of a save killed after its marker, or clear a staging folder it left unfinished."""
+    staging, previous = _temporary_sibling(path, "partial"), _temporary_sibling(path, "previous")
+    if (staging / MARKER).is_file():
+        _move_into_place(staging, path)  # complete, only its rename was cut short
+    elif not path.exists() and (previous / MARKER).is_file():
+        os.replace(previous, path)
+    remove_folder(staging)
+    remove_folder(previous)
 
 
 def require_complete(path: str | Path, *, asked: str) -> Path:
@@ -128,12 +150,22 @@ def read_meta(path: Path, *, weights_only: bool = True) -> tuple[dict[str, Any],
     return meta, list(layout.get("modules", [])), list(layout.get("optimizers", []))
 
 
-def load_folder(path: Path, tensors: dict[str, Any], *, strict: bool) -> None:
-    """Fill the sharded state dicts in ``tensors`` in place from the folder (resharding to this world size)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import DefaultLoadPlanner
+def load_folder(path: Path, tensors: dict[str, Any], *, strict: bool, weights_only: bool = True) -> None:
+    """Fill the sharded state dicts in ``tensors`` in place from the folder (resharding to this world size).
 
-    dcp.load(tensors, checkpoint_id=path, planner=DefaultLoadPlanner(allow_partial_load=not strict))
+    With ``weights_only`` (the default) the folder's metadata and non-tensor entries are read without
+    running code from them (see ``safe_dcp``).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from fabric_lite.checkpoint.safe_dcp import reader_and_planner
+
+    reader, planner = reader_and_planner(path, weights_only=weights_only, allow_partial_load=not strict)
+    try:
+        dcp.load(tensors, storage_reader=reader, planner=planner)
+    except CheckpointException as error:
+        raise _own_error(error) from None
 
 
 # ----------------------------------------------------------------------------- strategy entry points
@@ -198,7 +230,7 @@ def load_checkpoint(
         if not isinstance(state, Mapping):
             return restore_state({}, state, strategy, strict=strict, source=source)  # raises the standard error
         meta, modules, optimizers = read_meta(folder, weights_only=weights_only)
-        load = lambda requested: _load_sharded(folder, requested, strict, owner)  # noqa: E731
+        load = lambda requested: _load_sharded(folder, requested, strict, owner, weights_only)  # noqa: E731
         return _restore(strategy, meta, modules + optimizers, state, strict, source, load)
     checkpoint = load_checkpoint_file(path, weights_only=weights_only, map_location="cpu")
     if isinstance(unwrap(state), _OBJECTS) and not (isinstance(checkpoint, Mapping) and META_KEY in checkpoint):
@@ -241,11 +273,11 @@ def _state_dict_of(obj: nn.Module | Optimizer, *, full: bool, owner: OwnerLookup
     return names_to_indices(value) if full else value
 
 
-def _load_sharded(folder: Path, requested: dict[str, Any], strict: bool, owner: OwnerLookup) -> None:
+def _load_sharded(folder: Path, requested: dict[str, Any], strict: bool, owner: OwnerLookup, weights_only: bool = True) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     templates = {key: _state_dict_of(unwrap(obj), full=False, owner=owner) for key, obj in requested.items()}
-    load_folder(folder, templates, strict=strict)
+    load_folder(folder, templates, strict=strict, weights_only=weights_only)
     options = StateDictOptions(strict=strict)
     for key, obj in requested.items():
         inner = unwrap(obj)
@@ -284,6 +316,15 @@ def _share_optimizer_state(optimizer: Any) -> None:
         optimizer.__dict__["param_groups"] = optimizer.optimizer.param_groups
 
 
+def _own_error(error: Exception) -> Exception:
+    """DCP wraps what a rank raised in a CheckpointException: give back fabric_lite's own error when it is one."""
+    for failure in getattr(error, "failures", {}).values():
+        inner = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(inner, CheckpointError):
+            return inner
+    return error
+
+
 # ----------------------------------------------------------------------------- optimizer formats
 def names_to_indices(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """DCP's name-keyed optimizer state dict -> torch's index-keyed one (as ``optimizer.state_dict()``)."""
@@ -317,19 +358,18 @@ def consolidate(folder: str | Path, output: str | Path) -> Path:
     Example:
         >>> consolidate("checkpoints/step-100", "step-100.ckpt")  # doctest: +SKIP
     """
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from fabric_lite.checkpoint.safe_dcp import load_whole
 
     folder = require_complete(folder, asked=f"consolidate({str(folder)!r})")
     output = Path(output)
     meta, _, optimizer_keys = read_meta(folder)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".dcp", dir=output.parent)
-    os.close(fd)
     try:
-        dcp_to_torch_save(folder, scratch)
-        tensors = torch.load(scratch, map_location="cpu", weights_only=True)
-    finally:
-        os.unlink(scratch)
+        tensors = load_whole(folder)  # metadata and non-tensor entries read safely (weights_only)
+    except CheckpointException as error:
+        raise _own_error(error) from None
     for key in optimizer_keys:
         if key in tensors:
             tensors[key] = names_to_indices(tensors[key])

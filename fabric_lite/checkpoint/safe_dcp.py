@@ -1,0 +1,141 @@
+"""Reading torch.distributed.checkpoint folders without running code from them.
+
+DCP reads a folder's ``.metadata`` with plain ``pickle.load`` and its non-tensor entries (optimizer
+hyperparameters, ...) with ``torch.load(weights_only=False)``, so a crafted folder could run code on load.
+Here the metadata is unpickled with only DCP's own metadata types (and the few torch values inside them)
+allowed, and non-tensor entries go through ``torch.load(weights_only=True)``. Tensor data is read by DCP
+itself, already with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import (
+    DefaultLoadPlanner,
+    _EmptyStateDictLoadPlanner,
+)
+
+from fabric_lite.checkpoint.io import safe_globals
+from fabric_lite.errors import CheckpointError
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    from torch.distributed.checkpoint import filesystem, metadata
+
+    allowed: ClassVar[dict[tuple[str, str], Any]] = {}
+    for module in (metadata, filesystem):
+        for name in dir(module):
+            value = getattr(module, name)
+            # DCP's metadata records: dataclasses (and one enum) defined in these two modules.
+            if isinstance(value, type) and value.__module__ == module.__name__ and (
+                hasattr(value, "__dataclass_fields__") or name == "_MEM_FORMAT_ENCODING"
+            ):
+                allowed[(module.__name__, name)] = value
+    allowed[("torch", "Size")] = torch.Size
+    allowed[("torch.serialization", "_get_layout")] = torch.serialization._get_layout
+    allowed[("pathlib", "PosixPath")] = Path(".").__class__
+    allowed[("pathlib", "WindowsPath")] = Path(".").__class__
+    allowed[("pathlib", "Path")] = Path
+    for name in dir(torch):
+        value = getattr(torch, name)
+        if isinstance(value, (torch.dtype, torch.layout, torch.memory_format)):
+            allowed[("torch", name)] = value
+    return allowed
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only the globals DCP metadata legitimately contains."""
+
+    allowed: ClassVar[dict[tuple[str, str], Any]] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in checkpoint metadata") from None
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """A ``FileSystemReader`` whose ``.metadata`` may hold nothing but DCP's metadata records."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        if not _MetadataUnpickler.allowed:
+            _MetadataUnpickler.allowed = _allowed_globals()
+        path = Path(self.path) / ".metadata"
+        try:
+            with open(path, "rb") as handle:
+                metadata = _MetadataUnpickler(handle).load()
+        except pickle.UnpicklingError as error:
+            raise _refused(repr(str(path)), error) from None
+        except (EOFError, OSError) as error:
+            raise CheckpointError(
+                f"fabric.load({str(path.parent)!r}) could not read {path.name} ({type(error).__name__}: {error}). "
+                f"Fix: load another checkpoint."
+            ) from None
+        from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+        if not isinstance(metadata, Metadata):
+            raise _refused(repr(str(path)), pickle.UnpicklingError(f"it holds a {type(metadata).__name__}, not DCP metadata"))
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _SafeBytes:
+    """Planner mixin: non-tensor entries are read with ``torch.load(weights_only=True)``."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        from torch.distributed.checkpoint._traverse import set_element
+
+        try:
+            with torch.serialization.safe_globals(safe_globals()):
+                obj = torch.load(value, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise _refused(f"the entry {read_item.dest_index.fqn!r}", error) from None
+        fqn = read_item.dest_index.fqn
+        if self.flatten_state_dict:  # type: ignore[attr-defined]
+            set_element(self.original_state_dict, self.mappings[fqn], obj)  # type: ignore[attr-defined]
+        else:
+            self.state_dict[fqn] = obj  # type: ignore[attr-defined]
+
+
+class SafeLoadPlanner(_SafeBytes, DefaultLoadPlanner):
+    """``DefaultLoadPlanner`` reading non-tensor entries with ``weights_only=True``."""
+
+
+class SafeEmptyStateDictLoadPlanner(_SafeBytes, _EmptyStateDictLoadPlanner):
+    """The planner that rebuilds a whole state dict from the metadata (consolidation), reading safely."""
+
+
+def _refused(what: str, error: Exception) -> CheckpointError:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return CheckpointError(
+        f"fabric.load refused to unpickle {what} of a sharded checkpoint with weights_only=True: {first_line}. "
+        f"It may contain code that would run on load. Fix: if you made this checkpoint yourself and trust it, "
+        f"call fabric.load(path, state, weights_only=False)."
+    )
+
+
+def reader_and_planner(path: str | Path, *, weights_only: bool, allow_partial_load: bool = False) -> tuple[Any, Any]:
+    """The DCP storage reader and load planner for ``path``: safe ones unless ``weights_only=False``."""
+    if not weights_only:
+        return FileSystemReader(path), DefaultLoadPlanner(allow_partial_load=allow_partial_load)
+    return SafeFileSystemReader(path), SafeLoadPlanner(allow_partial_load=allow_partial_load)
+
+
+def load_whole(folder: str | Path, *, weights_only: bool = True) -> dict[str, Any]:
+    """Every entry of a DCP folder as one nested state dict of full tensors, in this process (no process group)."""
+    import torch.distributed.checkpoint as dcp
+
+    reader = SafeFileSystemReader(folder) if weights_only else FileSystemReader(folder)
+    planner = SafeEmptyStateDictLoadPlanner() if weights_only else _EmptyStateDictLoadPlanner()
+    state: dict[str, Any] = {}
+    dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
+    return state

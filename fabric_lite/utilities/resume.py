@@ -1,0 +1,407 @@
+"""Exact mid-epoch resume: the progress and random state of a dataloader returned by ``Fabric.setup_dataloaders``.
+
+A loader's state (``loader.state_dict()``) holds, for one rank: the epochs started, the batches already
+handed out in the epoch in progress, the random state at the start of that epoch, and the process's
+random state now (Python, NumPy, torch, CUDA, and the loader's own generators). ``fabric.save`` gathers
+it from every rank into one entry (``{"world_size": W, "ranks": [...]}``); on ``fabric.load`` each rank
+takes its own. The next ``iter(loader)`` then continues the interrupted epoch, bit for bit:
+
+* The epoch's order is drawn again, not replayed: the random state at the start of the epoch is put back
+  just for the draw (torch's DataLoader draws the worker base seed when the iterator is made, a shuffling
+  sampler draws its permutation on its first index; DistributedSampler derives it from seed + epoch), and
+  the state the checkpoint restored is put back right after, so the training loop's own random stream is
+  untouched.
+* Batches already handed out are skipped at the index level: the sampler's first ``k * batch_size``
+  indices are dropped before any sample is read, so no skipped batch is loaded, collated or sent to a worker.
+* Worker seeds are those of the original epoch (same base seed). Random draws made *inside* workers restart
+  from those seeds, so per-sample augmentation that uses the global generators in workers is not
+  reproduced mid-epoch; derive it from the sample index (or use ``num_workers=0``) when that matters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset
+
+from fabric_lite.errors import CheckpointError, ConfigurationError
+
+FORMAT = 1
+#: Keys of the entry ``fabric.save`` writes for a loader: one state per rank.
+RANKS_KEY = "ranks"
+WORLD_KEY = "world_size"
+_END = object()
+
+
+# ----------------------------------------------------------------------------- random state
+def _generators(dataloader: DataLoader) -> list[torch.Generator]:
+    """The torch generators a loader draws from: its own (worker base seed), then those of its sampler chain."""
+    found: list[torch.Generator] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> None:
+        if obj is None or depth > 4 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        generator = getattr(obj, "generator", None)
+        if isinstance(generator, torch.Generator) and id(generator) not in seen:
+            seen.add(id(generator))
+            found.append(generator)
+        for name in ("sampler", "batch_sampler"):
+            visit(getattr(obj, name, None), depth + 1)
+        inner = getattr(obj, "dataset", None)  # DistributedSamplerWrapper keeps the user's sampler there
+        visit(getattr(inner, "sampler", None), depth + 1)
+
+    generator = getattr(dataloader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        seen.add(id(generator))
+        found.append(generator)
+    visit(getattr(dataloader, "sampler", None), 0)
+    visit(getattr(dataloader, "batch_sampler", None), 0)
+    return found
+
+
+def capture_rng(dataloader: DataLoader | None = None, *, cuda: bool = True) -> dict[str, Any]:
+    """The process's random state as plain values and tensors (loadable with ``weights_only=True``).
+
+    Example:
+        >>> state = capture_rng()
+        >>> a = torch.rand(1); restore_rng(state); torch.equal(a, torch.rand(1))
+        True
+    """
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+        state["numpy"] = [str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    except ImportError:
+        pass
+    if cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    if dataloader is not None:
+        state["generators"] = [g.get_state() for g in _generators(dataloader)]
+    return state
+
+
+def restore_rng(state: Mapping[str, Any], dataloader: DataLoader | None = None, *, generators: bool = True) -> None:
+    """Put back what :func:`capture_rng` recorded (the loader's generators too when ``generators``)."""
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        try:
+            import numpy as np
+
+            name, keys, pos, has_gauss, cached = state["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+        except ImportError:
+            pass
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generators and dataloader is not None and "generators" in state:
+        for generator, value in zip(_generators(dataloader), state["generators"]):
+            generator.set_state(value)
+
+
+def _draw_base_seed(dataloader: DataLoader) -> None:
+    # What torch's _BaseDataLoaderIter.__init__ draws when an iterator (and so a worker pool) is made.
+    torch.empty((), dtype=torch.int64).random_(generator=dataloader.generator)
+
+
+# ----------------------------------------------------------------------------- skipping at the index level
+class _ResumeAt:
+    """Stands in for a sampler during the first draw of a resumed epoch, then steps aside.
+
+    At the moment the loader first asks for indices (when the original epoch drew its order), it puts back
+    the random state of that moment, lets the real sampler draw, drops the first ``skip`` indices, and
+    restores the training loop's random state before any sample is read.
+    """
+
+    def __init__(self, inner: Any, skip: int, at_draw: dict[str, Any], now: dict[str, Any] | None, dataloader: DataLoader,
+                 uninstall: Callable[[], None]) -> None:
+        self.inner = inner
+        self.skip = skip
+        self.at_draw = at_draw
+        self.now = now
+        self.dataloader = dataloader
+        self.uninstall = uninstall
+        self.drawn = False
+
+    def close(self) -> None:
+        """Step aside without drawing (the loader never asked for an index): restore the loop's random state."""
+        if not self.drawn:
+            self.drawn = True
+            self.uninstall()
+            restore_rng(self.at_draw if self.now is None else self.now, generators=False)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        self.drawn = True
+        self.uninstall()
+        restore_rng(self.at_draw, self.dataloader)
+        iterator = itertools.islice(iter(self.inner), self.skip, None)
+        first = next(iterator, _END)  # the sampler draws its order here
+        if self.now is not None:  # None: the draw belongs to the loop's stream (a new epoch), as it did originally
+            restore_rng(self.now, generators=False)
+        if first is _END:
+            return
+        yield first
+        yield from iterator
+
+
+def _install(dataloader: DataLoader, skip_batches: int, at_draw: dict[str, Any], now: dict[str, Any] | None) -> _ResumeAt:
+    """Put a :class:`_ResumeAt` where the loader reads its indices (until its first draw) and return it."""
+    batch_sampler = dataloader.batch_sampler
+    if batch_sampler is not None and type(batch_sampler) is BatchSampler:
+        # The loader's own batching: drop whole batches' worth of indices from the sampler underneath.
+        inner = batch_sampler.sampler
+
+        def uninstall() -> None:
+            batch_sampler.sampler = inner
+
+        wrapper = _ResumeAt(inner, skip_batches * batch_sampler.batch_size, at_draw, now, dataloader, uninstall)
+        batch_sampler.sampler = wrapper
+        return wrapper
+    # A custom batch sampler (skip whole batches) or no batching (one index per batch). DataLoader refuses
+    # new samplers after construction; the swap lasts only until the first draw of this epoch.
+    name = "batch_sampler" if batch_sampler is not None else "sampler"
+    inner = getattr(dataloader, name)
+
+    def uninstall_attribute() -> None:
+        object.__setattr__(dataloader, name, inner)
+
+    wrapper = _ResumeAt(inner, skip_batches, at_draw, now, dataloader, uninstall_attribute)
+    object.__setattr__(dataloader, name, wrapper)
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- progress of one loader
+@dataclass
+class _Pending:
+    """A resume that the next ``iter(loader)`` carries out."""
+
+    position: int
+    epoch_start: dict[str, Any] | None  # None: a new epoch starts at the restored state
+    pool_start: dict[str, Any] | None
+    pool_fresh: bool
+
+
+class LoaderProgress:
+    """Counts epochs and batches of one dataloader and records what an exact resume needs.
+
+    Used by ``FabricDataLoader``; ``iterate`` is its per-epoch iterator.
+    """
+
+    def __init__(self, *, rank: int = 0, world_size: int = 1) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.epochs_started = 0
+        self.position = 0
+        self.finished = True
+        self.epoch_start: dict[str, Any] | None = None  # random state before the epoch's iterator was made
+        self.pool_start: dict[str, Any] | None = None  # the same, for the epoch that made the worker pool in use
+        self.pool_fresh = True
+        self._pending: _Pending | None = None
+
+    def next_epoch(self) -> int:
+        """The epoch the next ``iterate`` runs (the interrupted one when resuming), for ``set_epoch``."""
+        if self._pending is not None and self._pending.epoch_start is not None:
+            return self.epochs_started - 1
+        return self.epochs_started
+
+    def iterate(self, dataloader: DataLoader) -> Iterator[Any]:
+        pending, self._pending = self._pending, None
+        resuming = pending is not None and pending.epoch_start is not None
+        if not resuming:
+            self.epochs_started += 1
+        self.position = pending.position if pending is not None else 0
+        self.finished = False
+        wrapper: _ResumeAt | None = None
+        try:
+            if pending is None:
+                self._record_start(dataloader)
+                iterator = iter(dataloader)
+            else:
+                if resuming and _known_length(dataloader) is not None and self.position >= _known_length(dataloader):
+                    self._adopt(pending, capture_rng(dataloader, cuda=False))
+                    if _persistent(dataloader) and getattr(dataloader, "_iterator", None) is None:
+                        self._pending = _Pending(0, None, self.pool_start, False)  # the next epoch reuses the pool
+                    return  # the interrupted epoch had handed out every batch: nothing is left in it
+                iterator, wrapper = self._resume(dataloader, pending)
+            for batch in iterator:
+                self.position += 1
+                yield batch
+        finally:
+            if wrapper is not None:
+                wrapper.close()  # in case the loader never asked for an index
+            self.finished = True  # exhausted, or abandoned (a `break` closes this generator)
+
+    def _record_start(self, dataloader: DataLoader) -> None:
+        persistent = _persistent(dataloader)
+        # With persistent workers torch makes the pool (and draws the base seed) only on the first epoch.
+        fresh = not persistent or getattr(dataloader, "_iterator", None) is None
+        self.epoch_start = capture_rng(dataloader, cuda=False)
+        if fresh:
+            self.pool_start = self.epoch_start
+        self.pool_fresh = fresh
+
+    def _adopt(self, pending: _Pending, now: dict[str, Any]) -> None:
+        self.epoch_start = pending.epoch_start if pending.epoch_start is not None else now
+        self.pool_start = pending.pool_start if pending.pool_start is not None else self.epoch_start
+        self.pool_fresh = pending.pool_fresh
+
+    def _resume(self, dataloader: DataLoader, pending: _Pending) -> tuple[Iterator[Any], _ResumeAt]:
+        now = capture_rng(dataloader, cuda=False)  # what fabric.load restored: the training loop's state
+        start = pending.epoch_start if pending.epoch_start is not None else now
+        # The random state at the sampler's draw in the original epoch: the epoch start, advanced by the
+        # base-seed draw when that epoch made its iterator.
+        restore_rng(start, dataloader)
+        if pending.pool_fresh:
+            _draw_base_seed(dataloader)
+        at_draw = capture_rng(dataloader, cuda=False)
+        # The iterator made now draws the same base seed (so the same worker seeds) as the original one.
+        restore_rng(start if pending.pool_fresh else (pending.pool_start or start), dataloader)
+        # Mid-epoch the original draw happened before the checkpoint: afterwards the loop's state is put back.
+        wrapper = _install(dataloader, pending.position, at_draw, now if pending.epoch_start is not None else None)
+        try:
+            iterator = iter(dataloader)
+        except BaseException:
+            wrapper.close()
+            raise
+        self._adopt(pending, now)
+        return iterator, wrapper
+
+    # ------------------------------------------------------------------------- state
+    def state_dict(self, dataloader: DataLoader) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "epochs_started": self.epochs_started,
+            "position": self.position,
+            "finished": self.finished,
+            "num_batches": _known_length(dataloader),
+            "epoch_start": self.epoch_start,
+            "pool_start": None if self.pool_start is self.epoch_start else self.pool_start,
+            "pool_fresh": self.pool_fresh,
+            "persistent": _persistent(dataloader),
+            "rng": capture_rng(dataloader),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], dataloader: DataLoader) -> None:
+        state = self._own(state)
+        if not isinstance(state, Mapping) or state.get("format") != FORMAT:
+            raise CheckpointError(
+                f"loader.load_state_dict got {type(state).__name__} that is not a dataloader state of fabric_lite "
+                f"(format {FORMAT}). Fix: pass the entry that fabric.save wrote for a loader from setup_dataloaders."
+            )
+        length = _known_length(dataloader)
+        if state["num_batches"] is not None and length is not None and state["num_batches"] != length:
+            raise CheckpointError(
+                f"The checkpoint's dataloader had {state['num_batches']} batches per epoch on rank {self.rank}, this one "
+                f"has {length}, so its position cannot be continued. Fix: build the dataset, batch_size, drop_last and "
+                f"world size as in the run that saved it, or leave the loader out of the state you load."
+            )
+        in_progress = not state["finished"] and state["epochs_started"] > 0
+        if in_progress and state["position"] > 0 and isinstance(dataloader.dataset, IterableDataset):
+            raise ConfigurationError(
+                f"The checkpoint stopped an IterableDataset loader after {state['position']} batches, but an "
+                f"IterableDataset has no sampler to start at that batch. Fix: save at the end of an epoch, or use a "
+                f"map-style Dataset (with __getitem__ and __len__)."
+            )
+        rng = state["rng"]
+        if len(rng.get("generators", [])) != len(_generators(dataloader)):
+            raise CheckpointError(
+                f"The checkpoint's dataloader drew from {len(rng.get('generators', []))} torch.Generator(s) (its own and "
+                f"its sampler's), this one from {len(_generators(dataloader))}. Fix: build the loader as in the run "
+                f"that saved it (the same generator= arguments)."
+            )
+        restore_rng(rng, dataloader)
+        self.epochs_started = int(state["epochs_started"])
+        self.position = int(state["position"])
+        self.finished = bool(state["finished"])
+        epoch_start = state["epoch_start"]
+        pool_start = state["pool_start"] if state["pool_start"] is not None else epoch_start
+        if in_progress:
+            self._pending = _Pending(self.position, epoch_start, pool_start, bool(state["pool_fresh"]))
+        elif state["persistent"] and pool_start is not None and _persistent(dataloader):
+            # A new epoch, but the original run kept its worker pool: make the pool with the same base seed.
+            self._pending = _Pending(0, None, pool_start, False)
+        else:
+            self._pending = None
+
+    def _own(self, state: Any) -> Any:
+        """This rank's entry of a gathered state (a bare one-rank state passes through)."""
+        if not isinstance(state, Mapping) or RANKS_KEY not in state:
+            return state
+        saved_world = int(state.get(WORLD_KEY, len(state[RANKS_KEY])))
+        if saved_world != self.world_size:
+            raise CheckpointError(
+                f"The checkpoint holds dataloader states of {saved_world} process(es), but this run has "
+                f"{self.world_size}: an exact resume continues each rank's own share of the data. Fix: resume with "
+                f"{saved_world} process(es), or leave the dataloader out of the state you load to start a new epoch."
+            )
+        return state[RANKS_KEY][self.rank]
+
+
+def _persistent(dataloader: DataLoader) -> bool:
+    return dataloader.num_workers > 0 and bool(dataloader.persistent_workers)
+
+
+def _known_length(dataloader: DataLoader) -> int | None:
+    try:
+        return len(dataloader)
+    except TypeError:
+        return None
+
+
+# ----------------------------------------------------------------------------- gathering across ranks
+class RankStates:
+    """Every rank's state of one object, gathered for a checkpoint that rank 0 writes.
+
+    Example:
+        >>> RankStates([{"position": 3}]).state_dict()
+        {'world_size': 1, 'ranks': [{'position': 3}]}
+    """
+
+    def __init__(self, states: list[Any]) -> None:
+        self.states = states
+
+    def state_dict(self) -> dict[str, Any]:
+        return {WORLD_KEY: len(self.states), RANKS_KEY: self.states}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.states = list(state[RANKS_KEY])
+
+
+def gather_loader_states(state: Any, world_size: int) -> Any:
+    """``state`` with every set-up dataloader replaced by the :class:`RankStates` of all ranks.
+
+    Every rank must call it with the same keys (``fabric.save`` does): with several processes it runs
+    one ``all_gather_object``. Without dataloaders in ``state`` it returns ``state`` itself.
+    """
+    from fabric_lite.wrappers import FabricDataLoader
+
+    if not isinstance(state, Mapping):
+        return state
+    keys = [key for key, value in state.items() if isinstance(value, FabricDataLoader)]
+    if not keys:
+        return state
+    local = {key: state[key].state_dict() for key in keys}
+    gathered: list[Any] = [local]
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered = [None] * world_size
+        torch.distributed.all_gather_object(gathered, local)
+    return {**state, **{key: RankStates([entry[key] for entry in gathered]) for key in keys}}
