@@ -32,6 +32,8 @@ Usage:
     python scripts/bench_overhead.py --device cpu --rounds 15 --steps 300
     python scripts/bench_overhead.py --device cuda --cases gpt --json out/bench.json
     python scripts/bench_overhead.py --device cpu --cases gpt --gpt-on-cpu   # tiny GPT, smoke test only
+    python scripts/bench_overhead.py --strategy fsdp,deepspeed2 --precision 16-mixed  # vs raw FSDP2 / DeepSpeed
+                                                  # (handed to bench_multigpu.py; its flags apply)
 """
 
 from __future__ import annotations
@@ -499,6 +501,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--strategy" in argv:
+        # Sharded strategies need a process group and a raw FSDP2 / DeepSpeed side: bench_multigpu.py measures them
+        # the same way (interleaved rounds, ratio per round), here at world size 1 unless a launcher made more ranks.
+        i = argv.index("--strategy")
+        from bench_multigpu import main as sharded_main
+
+        return sharded_main(["--strategies", argv[i + 1], *argv[:i], *argv[i + 2:]])
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
