@@ -146,6 +146,18 @@ srun --kill-on-bad-exit=1 {PY} {TRAIN} {tmp_path} --devices 2 --num-nodes 2
             f"srun -N2 --ntasks-per-node=2 python slurm_train.py.") in outside
 
 
+def test_example_sbatch_script_trains_digits(slurm_env, tmp_path):
+    pytest.importorskip("sklearn", reason="examples/digits.py needs scikit-learn: pip install -e '.[examples]'")
+    # 4 ranks x 16 = the single-process batch of 64, so 5 epochs reach the accuracy they reach in one process
+    result = run(["sbatch", "--wait", f"--output={tmp_path}/digits-%j.out", "examples/slurm/digits.sbatch",
+                  "--epochs", "5", "--batch-size", "16"], {**slurm_env, "PYTHON": PY}, cwd=ROOT)
+    output = "".join(p.read_text() for p in tmp_path.glob("digits-*.out"))
+    assert result.returncode == 0, result.stdout + result.stderr + output
+    assert "2 nodes (node[1-2]), 4 tasks" in output
+    # fabric.print prints once per machine: both nodes report the same (all-reduced) accuracy
+    assert output.count("(target > 0.90: PASSED)") == 2, output
+
+
 # ------------------------------------------------------------------------------------ misconfigurations
 def check_only(*slurm_flags: str, devices: int, num_nodes: int = 1) -> list[str]:
     # No --kill-on-bad-exit: every task fails on its own, and killing the others could lose the first one's output.
