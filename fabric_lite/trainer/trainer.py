@@ -659,7 +659,7 @@ class Trainer:
         self._phase = "in_epoch"
         self._batch_idx = 0
         skip = 0
-        if resume is not None and resume["phase"] == "in_epoch":
+        if resume is not None and resume["phase"] in ("in_epoch", "batch_done"):
             skip = resume["batches_done"]
             _set_rng(resume["epoch_rng"])
         self._epoch_rng = _get_rng()
@@ -671,6 +671,9 @@ class Trainer:
             next(iterator)
         if skip:
             _set_rng(resume["rng"])  # type: ignore[index]
+            self._batches_done = skip
+            if resume["phase"] == "batch_done" and self._should_validate(skip - 1):  # type: ignore[index]
+                self._run_validation()  # the checkpoint was written before this batch's validation
         batch_idx = skip
         while batch_idx < num_batches:
             try:
@@ -692,8 +695,10 @@ class Trainer:
             self._batches_done = batch_idx + 1
             if is_last:
                 self._update_schedulers("epoch", plateau=False)
+            self._phase = "batch_done"  # a checkpoint written now resumes with this batch's validation still due
             self._call_hook("on_train_batch_end", outputs, batch, batch_idx)
             self._log_step()
+            self._phase = "in_epoch"
             if self._should_validate(batch_idx):
                 self._run_validation()
             batch_idx += 1
@@ -1011,7 +1016,7 @@ class Trainer:
             extra["lr_schedulers"] = [config.scheduler.state_dict() for config in self.lr_scheduler_configs]
             extra["loops"] = {
                 "phase": self._phase,
-                "batches_done": getattr(self, "_batches_done", 0) if self._phase == "in_epoch" else 0,
+                "batches_done": getattr(self, "_batches_done", 0) if self._phase in ("in_epoch", "batch_done") else 0,
                 "total_batch_idx": self._total_batch_idx,
                 "epoch_rng": self._epoch_rng,
                 "rng": _get_rng(),
@@ -1081,9 +1086,9 @@ class Trainer:
         loops = remainder.get("loops") or {}
         self._total_batch_idx = int(loops.get("total_batch_idx", 0))
         phase = loops.get("phase", "epoch_done")
-        if phase == "in_epoch" and loops.get("batches_done", 0) == 0:
+        if phase in ("in_epoch", "batch_done") and loops.get("batches_done", 0) == 0:
             phase = "epoch_done"
-        if phase == "in_epoch" and self.world_size > 1:
+        if phase in ("in_epoch", "batch_done") and self.world_size > 1:
             rank_zero_warn(
                 "Resuming mid-epoch with several processes: the batches already trained this epoch are skipped, but "
                 "the distributed sampler restarts its shuffling epochs from 0, so the order may differ from the original run."
