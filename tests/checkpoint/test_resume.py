@@ -1,0 +1,212 @@
+"""Exact mid-epoch resume: N steps straight == K steps, save, a NEW process loads and runs N - K steps.
+
+Bitwise (torch.equal): the batches and their order, the losses, the final parameters, the worker seeds
+and the Python / NumPy streams; for one process (16-mixed: the GradScaler too), 2-rank DDP and 2-rank
+FSDP (sharded folder), shuffled, num_workers 0 and 2, stopped in the middle of the second epoch. The
+skipped batches are never fetched: the dataset logs every index it reads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from fabric_lite import Fabric
+from fabric_lite.errors import CheckpointError, ConfigurationError
+
+SCRIPT = str(Path(__file__).parent / "_scripts" / "resume_run.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+CONFIGS = {  # strategy: (command-line arguments, ranks, worker settings)
+    "single": (["--precision", "16-mixed"], 1, (0, 2)),
+    "ddp": (["--strategy", "ddp", "--devices", "2"], 2, (0, 2)),
+    "fsdp": (["--strategy", "fsdp", "--devices", "2", "--workers", "0"], 2, (0,)),
+}
+
+
+def launch(out, phase, arguments):
+    result = subprocess.run([sys.executable, SCRIPT, str(out), "--phase", phase, *arguments], capture_output=True,
+                            text=True, timeout=300, env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def runs(request, tmp_path_factory):
+    arguments, ranks, workers = CONFIGS[request.param]
+    out = tmp_path_factory.mktemp(f"resume-{request.param}")
+    launch(out, "first", arguments)  # the straight run, then the run that stops and saves
+    launch(out, "second", arguments)  # a new process: load, continue
+    load = lambda name: torch.load(out / name, weights_only=True)  # noqa: E731
+    return request.param, out, {(w, r): (load(f"first-w{w}-rank{r}.pt"), load(f"second-w{w}-rank{r}.pt"))
+                                for w in workers for r in range(ranks)}
+
+
+def equal_lists(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_continued_run_is_bitwise_identical_to_one_that_never_stopped(runs):
+    strategy, _, results = runs
+    for (workers, rank), (first, second) in results.items():
+        straight, before, after = first["straight"], first["first"], second["second"]
+        stop, total = first["stop"], first["total"]
+        assert len(before["losses"]) == stop and len(after["losses"]) == total - stop
+        where = f"{strategy}, num_workers={workers}, rank {rank}"
+        for key in ("batches", "losses", "extra"):
+            assert equal_lists(straight[key], before[key] + after[key]), f"{key} differ ({where})"
+        assert equal_lists(straight["params"], after["params"]), f"final parameters differ ({where})"
+        assert straight["scale"] == after["scale"], where  # the GradScaler's scale (16-mixed), None otherwise
+
+
+def test_worker_seeds_are_those_of_the_original_epoch(runs):
+    strategy, _, results = runs
+    for (workers, rank), (first, second) in results.items():
+        if workers:
+            straight, after = first["straight"], second["second"]
+            # The stop is at an even position: worker w serves batches w, w + 2, ... in both runs.
+            assert equal_lists(straight["seeds"][first["stop"]:], after["seeds"]), (strategy, rank)
+            assert all(int(s.min()) >= 0 for s in after["seeds"])  # batches did come from workers
+
+
+def test_skipped_batches_are_never_fetched(runs):
+    strategy, _, results = runs
+    for (workers, rank), (first, second) in results.items():
+        straight, after = first["straight"], second["second"]
+        stop = first["stop"]
+        fetched = after["fetched_at_first_batch"]
+        # Up to the first resumed batch, only indices of the resumed batch and of batches prefetched after it
+        # were read: none of the batches handed out before the checkpoint in this epoch.
+        epoch_start = stop - 8 if strategy == "single" else stop - 4
+        skipped = {int(i) for batch in straight["batches"][epoch_start:stop] for i in batch}
+        upcoming = {int(i) for batch in straight["batches"][stop:stop + 1 + 2 * workers] for i in batch}
+        assert set(fetched) <= upcoming and not set(fetched) & (skipped - upcoming), (strategy, workers, rank)
+        if workers == 0:
+            assert sorted(fetched) == sorted(int(i) for i in after["batches"][0])
+
+
+def test_checkpoint_holds_every_ranks_loader_state(runs):
+    strategy, out, results = runs
+    ranks = max(rank for _, rank in results) + 1
+    if strategy == "fsdp":
+        checkpoint = torch.load(out / "w0" / "meta.pt", weights_only=True)
+    else:
+        checkpoint = torch.load(out / "w0.ckpt", weights_only=True)  # plain torch, weights_only: no pickled objects
+    entry = checkpoint["loader"]
+    assert entry["world_size"] == ranks and len(entry["ranks"]) == ranks
+    for rank_state in entry["ranks"]:
+        assert rank_state["epochs_started"] == 2 and rank_state["position"] in (4, 8) and not rank_state["finished"]
+        assert set(rank_state["rng"]) >= {"python", "numpy", "torch"}
+    if ranks == 2:  # each rank keeps its own random stream
+        assert not torch.equal(entry["ranks"][0]["rng"]["torch"], entry["ranks"][1]["rng"]["torch"])
+
+
+# ----------------------------------------------------------------------------------------- in one process
+def loader_of(fabric, n=12, **kwargs):
+    return fabric.setup_dataloaders(DataLoader(TensorDataset(torch.arange(n)), batch_size=2, shuffle=True, **kwargs))
+
+
+def test_a_loop_left_with_break_starts_a_new_epoch_after_resume(tmp_path):
+    fabric = Fabric(accelerator="cpu")
+    torch.manual_seed(0)
+    loader = loader_of(fabric)
+    for i, _ in enumerate(loader):
+        if i == 2:
+            break  # the epoch was abandoned: its iterator is closed
+    fabric.save(tmp_path / "a.ckpt", {"loader": loader})
+    expected = [b[0].tolist() for b in loader]  # what the original run does next: a whole new epoch
+
+    other = loader_of(Fabric(accelerator="cpu"))
+    torch.manual_seed(123)
+    fabric.load(tmp_path / "a.ckpt", {"loader": other})
+    assert [b[0].tolist() for b in other] == expected and len(expected) == 6
+
+
+def test_state_dict_of_one_loader_round_trips_without_fabric_save():
+    fabric = Fabric(accelerator="cpu")
+    torch.manual_seed(0)
+    loader = loader_of(fabric)
+    iterator = iter(loader)
+    next(iterator), next(iterator)
+    state = loader.state_dict()  # this rank's own state, e.g. for a per-rank file
+    rest = [b[0].tolist() for b in iterator]
+    other = loader_of(Fabric(accelerator="cpu"))
+    other.load_state_dict(state)
+    assert [b[0].tolist() for b in other] == rest and len(rest) == 4
+
+
+def test_loader_state_of_another_world_size_is_refused(tmp_path):
+    fabric = Fabric(accelerator="cpu")
+    loader = loader_of(fabric)
+    state = {"world_size": 2, "ranks": [loader.state_dict(), loader.state_dict()]}
+    with pytest.raises(CheckpointError, match=re.escape(
+        "The checkpoint holds dataloader states of 2 process(es), but this run has 1: an exact resume continues each "
+        "rank's own share of the data. Fix: resume with 2 process(es), or leave the dataloader out")):
+        loader.load_state_dict(state)
+
+
+def test_loader_of_another_length_is_refused():
+    fabric = Fabric(accelerator="cpu")
+    state = loader_of(fabric, n=12).state_dict()
+    with pytest.raises(CheckpointError, match=re.escape(
+        "The checkpoint's dataloader had 6 batches per epoch on rank 0, this one has 5, so its position cannot be "
+        "continued. Fix: build the dataset, batch_size, drop_last and world size as in the run that saved it")):
+        loader_of(fabric, n=10).load_state_dict(state)
+
+
+def test_something_that_is_no_loader_state_is_refused():
+    with pytest.raises(CheckpointError, match=re.escape(
+        "loader.load_state_dict got dict that is not a dataloader state of fabric_lite (format 1). Fix: pass the entry")):
+        loader_of(Fabric(accelerator="cpu")).load_state_dict({"step": 3})
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        return iter(range(6))
+
+
+def test_iterable_dataset_cannot_resume_mid_epoch_but_can_at_its_end():
+    fabric = Fabric(accelerator="cpu")
+    loader = fabric.setup_dataloaders(DataLoader(Stream(), batch_size=2))
+    iterator = iter(loader)
+    next(iterator)
+    mid_epoch = loader.state_dict()
+    list(iterator)
+    at_end = loader.state_dict()
+    other = fabric.setup_dataloaders(DataLoader(Stream(), batch_size=2))
+    with pytest.raises(ConfigurationError, match=re.escape(
+        "The checkpoint stopped an IterableDataset loader after 1 batches, but an IterableDataset has no sampler to "
+        "start at that batch. Fix: save at the end of an epoch, or use a map-style Dataset")):
+        other.load_state_dict(mid_epoch)
+    other.load_state_dict(at_end)
+    assert [b.tolist() for b in other] == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_loader_with_other_generators_is_refused():
+    fabric = Fabric(accelerator="cpu")
+    state = loader_of(fabric, generator=torch.Generator().manual_seed(1)).state_dict()
+    with pytest.raises(CheckpointError, match=re.escape(
+        "The checkpoint's dataloader drew from 1 torch.Generator(s) (its own and its sampler's), this one from 0. "
+        "Fix: build the loader as in the run that saved it")):
+        loader_of(fabric).load_state_dict(state)
+
+
+def test_generators_of_the_loader_and_sampler_are_restored(tmp_path):
+    def build(seed):
+        g = torch.Generator().manual_seed(seed)
+        return Fabric(accelerator="cpu").setup_dataloaders(
+            DataLoader(TensorDataset(torch.arange(10)), batch_size=2, shuffle=True, generator=g))
+
+    loader = build(5)
+    first = iter(loader)
+    next(first)
+    state = loader.state_dict()
+    expected = [b[0].tolist() for b in first] + [b[0].tolist() for b in loader]  # rest of epoch 0, then epoch 1
+    other = build(77)  # another seed: only the checkpoint can make it match
+    other.load_state_dict(state)
+    assert [b[0].tolist() for b in other] + [b[0].tolist() for b in other] == expected
