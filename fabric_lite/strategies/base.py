@@ -31,6 +31,9 @@ class Strategy:
     """Base strategy: one process, one device; collectives are identities with world-size shapes."""
 
     name: str = ""
+    #: True where a forward pass is itself a collective (parameters gathered from every rank, as in FSDP):
+    #: every rank must then run the same number of batches, evaluation included (no uneven splits).
+    collective_forward: bool = False
 
     def __init__(
         self,

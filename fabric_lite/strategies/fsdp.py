@@ -89,6 +89,7 @@ class FSDPStrategy(DDPStrategy):
     """
 
     name = "fsdp"
+    collective_forward = True  # each forward all-gathers the shards
 
     def __init__(
         self,

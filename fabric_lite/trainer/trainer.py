@@ -1088,7 +1088,7 @@ class Trainer:
         phase = loops.get("phase", "epoch_done")
         if phase in ("in_epoch", "batch_done") and loops.get("batches_done", 0) == 0:
             phase = "epoch_done"
-        if phase in ("in_epoch", "batch_done") and self.world_size > 1:
+        if phase in ("in_epoch", "batch_done") and 0 < loops.get("batches_done", 0) < self.num_training_batches and self.world_size > 1:
             rank_zero_warn(
                 "Resuming mid-epoch with several processes: the batches already trained this epoch are skipped, but "
                 "the distributed sampler restarts its shuffling epochs from 0, so the order may differ from the original run."
