@@ -716,7 +716,8 @@ class Trainer:
         self.stage = "train"
         self._results.stage = "train"
         if run_hooks:
-            self._results.epoch_values(stage="train")  # epoch means visible to the hooks (EarlyStopping on train_loss)
+            # epoch means visible to the hooks (EarlyStopping on train_loss, the progress bar)
+            self.progress_bar_metrics.update(self._results.epoch_values(stage="train")[1])
             monitoring = [c for c in self.callbacks if type(c).__name__ in MONITORING or getattr(c, "_monitoring", False)]
             others = [c for c in self.callbacks if c not in monitoring]
             self._call_hook("on_train_epoch_end", callbacks=others)
