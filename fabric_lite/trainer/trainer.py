@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import math
 import os
-import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, RandomSampler
 
 from fabric_lite.errors import CheckpointError, ConfigurationError, UsageError
@@ -24,29 +21,14 @@ from fabric_lite.trainer import flags as F
 from fabric_lite.trainer.callbacks.base import Callback
 from fabric_lite.trainer.datamodule import LightningDataModule
 from fabric_lite.trainer.module import LightningModule
+from fabric_lite.trainer.optimizers import LRSchedulerConfig, loss_of, parse_optimizers
 from fabric_lite.trainer.results import Results
+from fabric_lite.trainer.states import get_rng, is_plain, set_rng
 from fabric_lite.utilities.rank_zero import rank_zero_warn
 
 STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
 #: callbacks that decide on monitored metrics run after the module's on_train_epoch_end (Lightning's rule)
 MONITORING = ("ModelCheckpoint", "EarlyStopping")
-
-
-@dataclass
-class LRSchedulerConfig:
-    """One scheduler from ``configure_optimizers`` with when to step it."""
-
-    scheduler: Any
-    interval: str = "epoch"
-    frequency: int = 1
-    monitor: str | None = None
-    strict: bool = True
-    name: str | None = None
-    opt_idx: int = 0
-
-    @property
-    def reduce_on_plateau(self) -> bool:
-        return isinstance(self.scheduler, ReduceLROnPlateau)
 
 
 class Trainer:
@@ -75,12 +57,12 @@ class Trainer:
         min_epochs: int | None = None,
         max_steps: int = -1,
         min_steps: int | None = None,
-        limit_train_batches: int | float | None = None,
-        limit_val_batches: int | float | None = None,
-        limit_test_batches: int | float | None = None,
-        limit_predict_batches: int | float | None = None,
-        overfit_batches: int | float = 0.0,
-        val_check_interval: int | float | None = None,
+        limit_train_batches: float | None = None,
+        limit_val_batches: float | None = None,
+        limit_test_batches: float | None = None,
+        limit_predict_batches: float | None = None,
+        overfit_batches: float = 0.0,
+        val_check_interval: float | None = None,
         check_val_every_n_epoch: int | None = 1,
         num_sanity_val_steps: int | None = None,
         log_every_n_steps: int | None = None,
@@ -88,7 +70,7 @@ class Trainer:
         enable_progress_bar: bool | None = None,
         enable_model_summary: bool | None = None,
         accumulate_grad_batches: int = 1,
-        gradient_clip_val: int | float | None = None,
+        gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
         deterministic: bool | str | None = None,
         benchmark: bool | None = None,
@@ -563,7 +545,7 @@ class Trainer:
 
     def _setup_model(self, model: LightningModule, *, with_optimizers: bool) -> None:
         if with_optimizers:
-            optimizers, configs = _parse_optimizers(self._call_module("configure_optimizers"))
+            optimizers, configs = parse_optimizers(self._call_module("configure_optimizers"))
             if not optimizers:
                 rank_zero_warn("configure_optimizers returned no optimizer: fit runs training_step without stepping anything.")
             if len(optimizers) > 1 and model.automatic_optimization:
@@ -642,7 +624,7 @@ class Trainer:
         resume = self._resume
         self._resume = None
         if resume is not None and resume["phase"] in ("epoch_batches_done", "epoch_end_hooks_done"):
-            _set_rng(resume["rng"])
+            set_rng(resume["rng"])
             self._end_epoch(run_hooks=resume["phase"] == "epoch_batches_done", results_lost=True)
             resume = None
         while not self._done():
@@ -661,8 +643,8 @@ class Trainer:
         skip = 0
         if resume is not None and resume["phase"] in ("in_epoch", "batch_done"):
             skip = resume["batches_done"]
-            _set_rng(resume["epoch_rng"])
-        self._epoch_rng = _get_rng()
+            set_rng(resume["epoch_rng"])
+        self._epoch_rng = get_rng()
         self._call_hook("on_train_epoch_start")
         num_batches = self.num_training_batches
         iterator = iter(self.train_dataloader)
@@ -670,7 +652,7 @@ class Trainer:
         for batch_idx in range(skip):  # resume mid-epoch: the same order, the batches already trained skipped
             next(iterator)
         if skip:
-            _set_rng(resume["rng"])  # type: ignore[index]
+            set_rng(resume["rng"])  # type: ignore[index]
             self._batches_done = skip
             if resume["phase"] == "batch_done" and self._should_validate(skip - 1):  # type: ignore[index]
                 self._run_validation()  # the checkpoint was written before this batch's validation
@@ -764,7 +746,7 @@ class Trainer:
         boundary = (batch_idx + 1) % accumulate == 0 or is_last
         with self.fabric.no_backward_sync(fabric_model, enabled=not boundary and self.world_size > 1):
             outputs = self._call_step("training_step", batch, batch_idx)
-            loss = _loss_of(outputs)
+            loss = loss_of(outputs)
             if loss is None or optimizer is None:
                 return outputs
             if batch_idx % accumulate == 0 or self._needs_zero_grad:
@@ -1020,14 +1002,14 @@ class Trainer:
                 "batches_done": getattr(self, "_batches_done", 0) if self._phase in ("in_epoch", "batch_done") else 0,
                 "total_batch_idx": self._total_batch_idx,
                 "epoch_rng": self._epoch_rng,
-                "rng": _get_rng(),
+                "rng": get_rng(),
             }
             extra["callbacks"] = {c.state_key: c.state_dict() for c in self.callbacks}
             if self.datamodule is not None:
                 extra["datamodule"] = self.datamodule.state_dict()
         model = self.lightning_module
         if model is not None:
-            extra["hyper_parameters"] = {k: v for k, v in dict(model.hparams).items() if _plain(v)}
+            extra["hyper_parameters"] = {k: v for k, v in dict(model.hparams).items() if is_plain(v)}
             self._call_hook("on_save_checkpoint", extra)
         self.fabric.save(filepath, {**state, **extra})
 
@@ -1099,7 +1081,7 @@ class Trainer:
             "epoch_rng": loops.get("epoch_rng"), "rng": loops.get("rng"),
         }
         if phase == "epoch_done" and loops.get("rng") is not None:
-            _set_rng(loops["rng"])
+            set_rng(loops["rng"])
 
 
 def _run_spawned(fabric: Fabric, trainer: Trainer, method: str, args: tuple[Any, ...]) -> Any:
@@ -1120,7 +1102,7 @@ def _as_list(loaders: Any) -> list[Any]:
     return [loaders]
 
 
-def _limited(loader: Any, limit: int | float, flag: str) -> int | float:
+def _limited(loader: Any, limit: float, flag: str) -> int | float:
     try:
         total: int | float = len(loader)
     except TypeError:
@@ -1137,145 +1119,3 @@ def _limited(loader: Any, limit: int | float, flag: str) -> int | float:
     return count
 
 
-def _loss_of(outputs: Any) -> torch.Tensor | None:
-    if outputs is None:
-        return None
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    if isinstance(outputs, Mapping):
-        if "loss" not in outputs:
-            raise ConfigurationError(
-                f"training_step returned a dict without 'loss' (keys: {', '.join(map(str, outputs))}). "
-                f"Fix: return {{'loss': loss, ...}} or the loss tensor itself."
-            )
-        return outputs["loss"]
-    raise ConfigurationError(
-        f"training_step returned a {type(outputs).__name__}; automatic optimisation needs the loss. "
-        f"Fix: return the loss tensor, a dict with 'loss', or None to skip the batch."
-    )
-
-
-_INTERVALS = ("step", "epoch")
-
-
-def _scheduler_config(item: Any, opt_idx: int, monitor: str | None) -> LRSchedulerConfig:
-    if isinstance(item, Mapping):
-        unknown = set(item) - {"scheduler", "interval", "frequency", "monitor", "strict", "name", "opt_idx", "reduce_on_plateau"}
-        if "scheduler" not in item or unknown:
-            raise ConfigurationError(
-                f"configure_optimizers: the lr_scheduler config {dict(item)!r} "
-                + ("has no 'scheduler'" if "scheduler" not in item else f"has unknown keys {sorted(unknown)}")
-                + ". Fix: {'scheduler': sched, 'interval': 'epoch' or 'step', 'frequency': 1, 'monitor': 'val_loss'}."
-            )
-        config = LRSchedulerConfig(
-            scheduler=item["scheduler"], interval=item.get("interval", "epoch"), frequency=item.get("frequency", 1),
-            monitor=item.get("monitor", monitor), strict=item.get("strict", True), name=item.get("name"), opt_idx=opt_idx,
-        )
-    else:
-        config = LRSchedulerConfig(scheduler=item, monitor=monitor, opt_idx=opt_idx)
-    if config.interval not in _INTERVALS:
-        raise ConfigurationError(
-            f"configure_optimizers: 'interval': {config.interval!r} is not a known interval. Choose one of: step, epoch."
-        )
-    if not F.is_int(config.frequency) or config.frequency < 1:
-        raise ConfigurationError(f"configure_optimizers: 'frequency': {config.frequency!r} is not an int >= 1. Fix: 'frequency': 1.")
-    if config.reduce_on_plateau and not config.monitor:
-        raise ConfigurationError(
-            "configure_optimizers returned ReduceLROnPlateau without 'monitor', so it has no value to watch. "
-            "Fix: return {'optimizer': opt, 'lr_scheduler': {'scheduler': sched, 'monitor': 'val_loss'}}."
-        )
-    return config
-
-
-def _parse_optimizers(returned: Any) -> tuple[list[Any], list[LRSchedulerConfig]]:
-    """Every return shape of ``configure_optimizers`` -> (optimizers, scheduler configs)."""
-    if returned is None:
-        return [], []
-    if isinstance(returned, torch.optim.Optimizer):
-        return [returned], []
-    if isinstance(returned, Mapping):
-        returned = [returned]
-    if isinstance(returned, (list, tuple)):
-        if len(returned) == 2 and isinstance(returned[0], (list, tuple)):
-            optimizers = list(returned[0])
-            items = list(returned[1]) if isinstance(returned[1], (list, tuple)) else [returned[1]]
-            configs = []
-            for item in items:
-                opt = (item["scheduler"] if isinstance(item, Mapping) else item).optimizer
-                configs.append(_scheduler_config(item, _index_of(opt, optimizers), None))
-            return _checked(optimizers), configs
-        if all(isinstance(item, Mapping) for item in returned):
-            optimizers, configs = [], []
-            for index, item in enumerate(returned):
-                if "optimizer" not in item:
-                    raise ConfigurationError(
-                        f"configure_optimizers returned a dict without 'optimizer' (keys: {', '.join(item)}). "
-                        f"Fix: return {{'optimizer': opt, 'lr_scheduler': sched}}."
-                    )
-                optimizers.append(item["optimizer"])
-                if item.get("lr_scheduler") is not None:
-                    configs.append(_scheduler_config(item["lr_scheduler"], index, item.get("monitor")))
-            return _checked(optimizers), configs
-        return _checked(list(returned)), []
-    raise ConfigurationError(
-        f"configure_optimizers returned a {type(returned).__name__}, which is not an optimizer configuration. "
-        f"Fix: return an optimizer, [optimizers], ([optimizers], [schedulers]), or "
-        f"{{'optimizer': opt, 'lr_scheduler': {{'scheduler': sched, 'interval': 'epoch'}}}}."
-    )
-
-
-def _checked(optimizers: list[Any]) -> list[Any]:
-    for optimizer in optimizers:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ConfigurationError(
-                f"configure_optimizers returned {type(optimizer).__name__} where an optimizer belongs. "
-                f"Fix: return torch.optim optimizers (e.g. torch.optim.Adam(self.parameters()))."
-            )
-    return optimizers
-
-
-def _index_of(optimizer: Any, optimizers: list[Any]) -> int:
-    for index, candidate in enumerate(optimizers):
-        if candidate is optimizer:
-            return index
-    return 0
-
-
-def _plain(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
-
-
-def _get_rng() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states in a form ``torch.load(weights_only=True)`` reads back."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    try:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
-    except ImportError:
-        pass
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng(state: dict[str, Any] | None) -> None:
-    if not state:
-        return
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "numpy" in state:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

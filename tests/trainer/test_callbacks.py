@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from trainer_helpers import Regressor, loader, quiet_trainer
 
 from fabric_lite.errors import CheckpointError, ConfigurationError
 from fabric_lite.loggers import CSVLogger
@@ -15,7 +16,6 @@ from fabric_lite.trainer.callbacks import (
     ModelCheckpoint,
     StochasticWeightAveraging,
 )
-from trainer_helpers import Regressor, loader, quiet_trainer
 
 
 class Scripted(Regressor):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from trainer_helpers import Regressor, loader, quiet_trainer
 
 SCRIPT = str(Path(__file__).parent / "_scripts" / "trainer_distributed.py")

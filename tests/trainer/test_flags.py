@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from trainer_helpers import Counter, Regressor, loader, quiet_trainer
 
 from fabric_lite.errors import ConfigurationError, UsageError
 from fabric_lite.loggers import CSVLogger
@@ -18,7 +19,6 @@ from fabric_lite.trainer.callbacks import (
     ProgressBar,
     StochasticWeightAveraging,
 )
-from trainer_helpers import Counter, Regressor, loader, quiet_trainer
 
 
 class GradRecorder(Callback):
@@ -87,7 +87,8 @@ def test_max_and_min_epochs_and_steps(tmp_path):
         trainer.fit(Regressor(), loader(8, 4))
     assert trainer.current_epoch == 3
     trainer = quiet_trainer(tmp_path, max_epochs=10, min_steps=5, callbacks=[StopAtOnce()])
-    trainer.fit(Regressor(), loader(8, 4))
+    with pytest.warns(UserWarning, match="min_steps=5 are not reached yet"):
+        trainer.fit(Regressor(), loader(8, 4))
     assert trainer.global_step == 6  # 2 per epoch: the first epoch end at or past 5 steps
 
 

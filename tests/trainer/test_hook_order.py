@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from trainer_helpers import Regressor, loader, quiet_trainer
 
 from fabric_lite.trainer.callbacks import Callback
-from trainer_helpers import Regressor, loader, quiet_trainer
 
 CALLBACK_HOOKS = [
     "setup", "teardown", "on_fit_start", "on_fit_end", "on_sanity_check_start", "on_sanity_check_end",

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from trainer_helpers import Regressor, loader, quiet_trainer
 
 from fabric_lite.errors import ConfigurationError, UsageError
 from fabric_lite.trainer import LightningDataModule, LightningModule
 from fabric_lite.trainer.callbacks import Callback
-from trainer_helpers import Regressor, loader, quiet_trainer
 
 
 class LRs(Callback):

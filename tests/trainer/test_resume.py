@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from trainer_helpers import Regressor, loader, quiet_trainer
 
 from fabric_lite.errors import CheckpointError
 from fabric_lite.trainer.callbacks import EarlyStopping, ModelCheckpoint
-from trainer_helpers import Regressor, loader, quiet_trainer
 
 
 class Noisy(Regressor):
@@ -58,7 +58,7 @@ def test_resume_continues_exactly(tmp_path, every, checkpoint, phase):
 
 
 def test_resume_at_an_epoch_boundary_and_callback_state(tmp_path):
-    trainer, model = run(tmp_path, "a", max_epochs=2, callbacks=[EarlyStopping(monitor="val_loss", patience=7)])
+    trainer, _ = run(tmp_path, "a", max_epochs=2, callbacks=[EarlyStopping(monitor="val_loss", patience=7)])
     trainer.save_checkpoint(tmp_path / "end.ckpt")
     stopper = EarlyStopping(monitor="val_loss", patience=7)
     resumed_trainer, _ = run(tmp_path, "b", max_epochs=3, ckpt_path=tmp_path / "end.ckpt", callbacks=[stopper])
@@ -70,7 +70,7 @@ def test_resume_at_an_epoch_boundary_and_callback_state(tmp_path):
 
 
 def test_resume_needs_a_trainer_checkpoint(tmp_path):
-    trainer, model = run(tmp_path, "a", max_epochs=1)
+    trainer, _ = run(tmp_path, "a", max_epochs=1)
     trainer.save_checkpoint(tmp_path / "weights.ckpt", weights_only=True)
     with pytest.raises(CheckpointError, match="has no Trainer state|cannot restore"):
         run(tmp_path, "b", ckpt_path=tmp_path / "weights.ckpt")

@@ -47,7 +47,7 @@ class GradNormMonitor(Callback):
         2.0
     """
 
-    def __init__(self, norm_type: float | int | str = 2.0, group_separator: str = "/", legacy_names: bool = False) -> None:
+    def __init__(self, norm_type: float | str = 2.0, group_separator: str = "/", legacy_names: bool = False) -> None:
         try:
             value = float(norm_type)
         except (TypeError, ValueError):

@@ -38,7 +38,7 @@ class StochasticWeightAveraging(Callback):
     def __init__(
         self,
         swa_lrs: float | list[float] | None = None,
-        swa_epoch_start: int | float = 0.8,
+        swa_epoch_start: float = 0.8,
         annealing_epochs: int = 10,
         annealing_strategy: str = "cos",
         avg_fn: Any = None,
@@ -89,7 +89,7 @@ class StochasticWeightAveraging(Callback):
             swa_lr = self.swa_lrs if self.swa_lrs is not None else [g["lr"] for g in optimizer.param_groups]
             scheduler = SWALR(optimizer, swa_lr=swa_lr, anneal_epochs=self.annealing_epochs,
                               anneal_strategy=self.annealing_strategy)
-            from fabric_lite.trainer.trainer import LRSchedulerConfig
+            from fabric_lite.trainer.optimizers import LRSchedulerConfig
 
             trainer.lr_scheduler_configs = [LRSchedulerConfig(scheduler=scheduler, interval="epoch")]
             self._swalr = True

@@ -16,10 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trainer_helpers import regression_data  # noqa: E402
+from trainer_helpers import regression_data
 
-from fabric_lite.trainer import LightningModule, Trainer  # noqa: E402
-from fabric_lite.trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint  # noqa: E402
+from fabric_lite.trainer import LightningModule, Trainer
+from fabric_lite.trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 VAL = TensorDataset(torch.arange(7.0).unsqueeze(1).repeat(1, 4), torch.zeros(7, 1))  # 7 samples: ranks see 4 and 3
 
