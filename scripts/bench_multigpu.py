@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checks", action="store_true", help="collectives and sharded checkpoints too")
     parser.add_argument("--save-sharded", default=None)
     parser.add_argument("--load-sharded", default=None)
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per rank and step (CUDA model)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--baseline", default=None, help="JSON of a world-size-1 run, for scaling efficiency")
     args = parser.parse_args(argv)
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
     accelerator = device.type
     config = GPT_CPU_SMOKE if args.cpu_smoke else GPTConfig(num_layers=8, d_model=1024, num_heads=16, seq_len=512,
-                                                             vocab_size=32768, batch_size=8)
+                                                             vocab_size=32768, batch_size=args.batch_size)
     os.environ.setdefault("LOCAL_RANK", "0")
     # One process group for every side: made by Fabric's DDP strategy (torchrun/fabric-run/srun variables, or a
     # 1-process group when run alone); the later Fabric objects and the raw sides use it as it is.
