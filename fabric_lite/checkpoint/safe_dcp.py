@@ -132,10 +132,11 @@ def reader_and_planner(path: str | Path, *, weights_only: bool, allow_partial_lo
 
 def load_whole(folder: str | Path, *, weights_only: bool = True) -> dict[str, Any]:
     """Every entry of a DCP folder as one nested state dict of full tensors, in this process (no process group)."""
-    import torch.distributed.checkpoint as dcp
+    # What torch's own dcp_to_torch_save does (dcp.load would copy back only keys the empty dict had).
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     reader = SafeFileSystemReader(folder) if weights_only else FileSystemReader(folder)
     planner = SafeEmptyStateDictLoadPlanner() if weights_only else _EmptyStateDictLoadPlanner()
     state: dict[str, Any] = {}
-    dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
+    _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)
     return state

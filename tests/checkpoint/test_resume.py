@@ -32,7 +32,7 @@ CONFIGS = {  # strategy: (command-line arguments, ranks, worker settings)
 
 def launch(out, phase, arguments):
     result = subprocess.run([sys.executable, SCRIPT, str(out), "--phase", phase, *arguments], capture_output=True,
-                            text=True, timeout=300, env=ENV)
+                            text=True, timeout=300, env=ENV, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -42,7 +42,9 @@ def runs(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"resume-{request.param}")
     launch(out, "first", arguments)  # the straight run, then the run that stops and saves
     launch(out, "second", arguments)  # a new process: load, continue
-    load = lambda name: torch.load(out / name, weights_only=True)  # noqa: E731
+    def load(name):
+        return torch.load(out / name, weights_only=True)
+
     return request.param, out, {(w, r): (load(f"first-w{w}-rank{r}.pt"), load(f"second-w{w}-rank{r}.pt"))
                                 for w in workers for r in range(ranks)}
 
