@@ -7,6 +7,7 @@ logging (``self.log``), callbacks and checkpoints with resume.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -209,8 +210,10 @@ class Trainer:
             loggers = []
         else:
             loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
-        self.fabric = Fabric(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
-                             precision=precision, plugins=plugins, loggers=loggers)
+        self._fabric_arguments = {"accelerator": accelerator, "strategy": strategy, "devices": devices, "num_nodes": num_nodes,
+                                  "precision": precision, "plugins": plugins, "loggers": loggers}
+        self.fabric = Fabric(**self._fabric_arguments)
+        self._spawned = False
         callbacks = [] if callbacks is None else callbacks
         self.callbacks: list[Callback] = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         for callback in self.callbacks:
@@ -399,8 +402,13 @@ class Trainer:
 
     def _launch(self, method: str, *args: Any) -> Any:
         if self.fabric.plan.launcher in ("spawn", "fork", "forkserver"):
+            if self._spawned:  # each call starts its processes anew (as Lightning's ddp_spawn does): a fresh Fabric
+                self.fabric = Fabric(**self._fabric_arguments)
+                self._setup_for = None
+            self._spawned = True
             output = self.fabric.launch(_run_spawned, self, method, args)
-            result, state = output if output is not None else (None, None)
+            # Bytes written by our own rank 0 (tensors cannot cross a queue once their process has exited).
+            result, state = torch.load(io.BytesIO(output), weights_only=False) if output is not None else (None, None)
             model = args[0] if method != "_eval_impl" else args[1]
             if state is not None and isinstance(model, LightningModule):
                 model.load_state_dict(state)  # the parent's copy gets the trained weights, as Lightning does
@@ -1091,7 +1099,9 @@ def _run_spawned(fabric: Fabric, trainer: Trainer, method: str, args: tuple[Any,
     result = getattr(trainer, method)(*args)
     model = trainer.lightning_module
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()} if model is not None else None
-    return result, weights
+    buffer = io.BytesIO()
+    torch.save((result, weights), buffer)
+    return buffer.getvalue()
 
 
 def _as_list(loaders: Any) -> list[Any]:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
+from trainer_helpers import Regressor, loader, quiet_trainer
 
 from fabric_lite.errors import CheckpointError, ConfigurationError, UsageError
 from fabric_lite.trainer import LightningDataModule, LightningModule, Trainer
@@ -17,7 +18,6 @@ from fabric_lite.trainer.callbacks import (
     ModelCheckpoint,
     StochasticWeightAveraging,
 )
-from trainer_helpers import Regressor, loader, quiet_trainer
 
 
 @pytest.mark.parametrize(
