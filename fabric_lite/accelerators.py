@@ -9,10 +9,14 @@ silicon and ``xla`` a torch_xla install (see README, "Accelerators").
 from __future__ import annotations
 
 import importlib.util
+import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from fabric_lite.errors import FabricEnvironmentError, missing_package
 
 
 class Accelerator(ABC):
@@ -103,31 +107,72 @@ class MPSAccelerator(Accelerator):
 
 
 class XLAAccelerator(Accelerator):
-    """TPUs and other XLA devices through torch_xla (imported only when a device is asked for)."""
+    """TPUs and other XLA devices through torch_xla (imported only when a device is used).
+
+    Counting devices must not start the XLA runtime: ``torch_xla.launch`` refuses to run once the
+    parent process has touched a device. So the count is read from what selects the devices:
+    ``PJRT_DEVICE=CPU`` with ``CPU_NUM_DEVICES`` (default 1), ``PJRT_DEVICE=CUDA`` with
+    ``GPU_NUM_DEVICES``, a TPU from its PCI entries; without ``PJRT_DEVICE`` only a TPU counts, so an
+    installed torch_xla does not make ``accelerator="auto"`` pick XLA on a CPU machine.
+    """
 
     name = "xla"
 
     @staticmethod
     def is_available() -> bool:
-        if importlib.util.find_spec("torch_xla") is None:
-            return False
         try:
             return XLAAccelerator.device_count() > 0
-        except Exception:  # torch_xla present but no PJRT device configured
+        except (ValueError, OSError):  # a malformed count variable, unreadable PCI entries
             return False
 
     @staticmethod
-    def device_count() -> int:
-        if importlib.util.find_spec("torch_xla") is None:
-            return 0
-        import torch_xla.runtime as xr
+    def is_installed() -> bool:
+        return importlib.util.find_spec("torch_xla") is not None
 
-        return int(xr.addressable_runtime_device_count())
+    @staticmethod
+    def device_count() -> int:
+        if not XLAAccelerator.is_installed():
+            return 0
+        kind = os.environ.get("PJRT_DEVICE", "").split("_")[0].upper()
+        if kind == "CPU":
+            return int(os.environ.get("CPU_NUM_DEVICES", "1"))
+        if kind in ("CUDA", "GPU"):
+            return int(os.environ.get("GPU_NUM_DEVICES", torch.cuda.device_count()))
+        if kind in ("", "TPU") and _google_pci_devices():
+            from torch_xla._internal import tpu
+
+            return int(tpu.num_available_devices())
+        # Another PJRT plugin (NEURON, ...): it names one device per process unless it says otherwise.
+        return 1 if kind else 0
 
     def get_device(self, index: int) -> torch.device:
-        import torch_xla.core.xla_model as xm
+        # A plain torch.device: asking torch_xla here would start the runtime before launch.
+        return torch.device("xla", index)
 
-        return xm.xla_device()
+    @staticmethod
+    def unavailable_error(asked: str) -> Exception:
+        """Why ``asked`` (e.g. ``"Fabric(accelerator='xla')"``) cannot run here, with the fix."""
+        if not XLAAccelerator.is_installed():
+            return missing_package(
+                "torch_xla", "xla", f"{asked} (XLA devices: TPU, or the CPU through PJRT_DEVICE=CPU)",
+                hint="torch_xla 2.9 needs torch 2.9 exactly: scripts/test-xla.sh builds such a venv next to the "
+                "project's and runs the XLA tests there",
+            )
+        return FabricEnvironmentError(
+            f"{asked} cannot run here: torch_xla is installed but no XLA device is selected "
+            f"(PJRT_DEVICE={os.environ.get('PJRT_DEVICE', '<unset>')!s}, no TPU found). "
+            f"Fix: PJRT_DEVICE=CPU (CPU_NUM_DEVICES=N for N devices) or PJRT_DEVICE=TPU on a TPU host."
+        )
+
+
+def _google_pci_devices() -> bool:
+    """Whether a PCI device of Google (vendor 0x1ae0, the TPU chips) is present; reads /sys only."""
+    try:
+        return any(
+            Path(entry, "vendor").read_text().strip() == "0x1ae0" for entry in Path("/sys/bus/pci/devices").iterdir()
+        )
+    except OSError:
+        return False
 
 
 ACCELERATORS: dict[str, type[Accelerator]] = {
@@ -139,6 +184,8 @@ ACCELERATORS: dict[str, type[Accelerator]] = {
 
 # The order in which accelerator="auto" tries them (DESIGN.md, "How choices are made").
 AUTO_ORDER = ("xla", "cuda", "mps", "cpu")
+# The strategies that run on XLA devices (registered in registry.py), and the only ones XLA devices run.
+XLA_STRATEGIES = ("single_xla", "xla", "xla_spmd", "xla_fsdp")
 
 
 def probe_available() -> dict[str, int]:

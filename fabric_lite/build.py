@@ -13,7 +13,12 @@ def instantiate(plan: Plan) -> Strategy:
     """Create the accelerator, precision, environment and strategy objects the plan names, wired together."""
     accelerator = plan.accelerator_instance or ACCELERATORS.get(plan.accelerator, asked=plan.accelerator).create()
     device_type = accelerator.get_device(plan.devices[0]).type if plan.accelerator != "xla" else "xla"
-    precision = plan.precision_instance or PRECISIONS.get(plan.precision, asked=plan.precision).create(device=device_type)
+    if plan.precision_instance is None and plan.accelerator == "xla":
+        from fabric_lite.precision.xla import XLAPrecision  # casts like the true precisions, cuts the graph per step
+
+        precision = XLAPrecision(plan.precision)
+    else:
+        precision = plan.precision_instance or PRECISIONS.get(plan.precision, asked=plan.precision).create(device=device_type)
     environment = plan.environment_instance or ENVIRONMENTS.get(plan.cluster_environment, asked="").create(
         num_processes=plan.num_devices, num_nodes=plan.num_nodes
     )

@@ -53,9 +53,7 @@ def choices_error(asked: str, kind: str, choices: Iterable[Any], fix: str | None
     return ConfigurationError(message)
 
 
-def missing_package(package: str, extra: str, needed_for: str) -> MissingPackageError:
-    """The error for an absent optional dependency, naming the extra that installs it."""
-    return MissingPackageError(
-        f"{needed_for} needs the package '{package}', which is not installed. "
-        f"Fix: pip install 'fabric-lite[{extra}]'"
-    )
+def missing_package(package: str, extra: str, needed_for: str, hint: str | None = None) -> MissingPackageError:
+    """The error for an absent optional dependency, naming the extra that installs it (``hint``: a second way)."""
+    message = f"{needed_for} needs the package '{package}', which is not installed. Fix: pip install 'fabric-lite[{extra}]'"
+    return MissingPackageError(message + (f"; {hint}." if hint else ""))

@@ -136,6 +136,20 @@ STRATEGIES.register(
     offload_parameters=True, offload_optimizer_device="nvme", offload_params_device="nvme",
     description="ZeRO-3 with optimizer state and parameters on NVMe (set nvme_path)",
 )
+_XLA = "fabric_lite.strategies.xla"
+STRATEGIES.register("single_xla", f"{_XLA}:SingleDeviceXLAStrategy", description="one XLA device (TPU core, or XLA's CPU device)")
+STRATEGIES.register(
+    "xla", f"{_XLA}:XLAStrategy", start_method="xla",
+    description="data parallel, one replica per XLA device, made by torch_xla.launch (`fabric.launch(train)`)",
+)
+STRATEGIES.register(
+    "xla_spmd", f"{_XLA}_spmd:XLASPMDStrategy", fsdp=False,
+    description="SPMD data parallel over a mesh of all XLA devices, one process; parameters replicated",
+)
+STRATEGIES.register(
+    "xla_fsdp", f"{_XLA}_spmd:XLASPMDStrategy", fsdp=True,
+    description="FSDPv2: SPMD over a mesh of all XLA devices, one process; parameters sharded",
+)
 
 LAUNCHERS = Registry("launcher")
 LAUNCHERS.register("none", "fabric_lite.launchers.external:ExternalLauncher", description="one process")
@@ -143,6 +157,7 @@ LAUNCHERS.register("external", "fabric_lite.launchers.external:ExternalLauncher"
 LAUNCHERS.register("subprocess", "fabric_lite.launchers.subprocess:SubprocessLauncher", description="re-run the script")
 for _method in ("spawn", "fork", "forkserver"):
     LAUNCHERS.register(_method, "fabric_lite.launchers.spawn:MultiProcessLauncher", start_method=_method)
+LAUNCHERS.register("xla", "fabric_lite.launchers.xla:XLALauncher", description="torch_xla.launch: one replica per XLA device")
 
 PRECISIONS = Registry("precision")
 PRECISIONS.register("32-true", "fabric_lite.precision.base:Precision", aliases=(32, "32"), description="fp32")
@@ -163,4 +178,5 @@ PRECISIONS.register(
 ENVIRONMENTS = Registry("cluster environment")
 ENVIRONMENTS.register("torchelastic", "fabric_lite.environments.torchelastic:TorchElasticEnvironment")
 ENVIRONMENTS.register("slurm", "fabric_lite.environments.slurm:SLURMEnvironment")
+ENVIRONMENTS.register("xla", "fabric_lite.environments.xla:XLAEnvironment")
 ENVIRONMENTS.register("local", "fabric_lite.environments.local:LocalEnvironment")

@@ -31,7 +31,7 @@ CASES = [
      "Fabric(strategy='fancy') is not a known strategy. Choose one of: single_device, ddp, ddp_spawn, ddp_fork, "
      "ddp_notebook, ddp_find_unused_parameters_true, ddp_spawn_find_unused_parameters_true, dp, fsdp, "
      "deepspeed, deepspeed_stage_1, deepspeed_stage_2, deepspeed_stage_2_offload, deepspeed_stage_3, "
-     "deepspeed_stage_3_offload, deepspeed_stage_3_offload_nvme."),
+     "deepspeed_stage_3_offload, deepspeed_stage_3_offload_nvme, single_xla, xla, xla_spmd, xla_fsdp."),
     (dict(strategy=None), CPU, ConfigurationError, "Fabric(strategy=None) is not a known strategy. Choose one of: auto,"),
     (dict(precision="17-mixed"), CPU, ConfigurationError,
      "Fabric(precision='17-mixed') is not a known precision. Choose one of: 32-true, 64-true, 16-mixed, bf16-mixed, 16-true, bf16-true."),
@@ -57,7 +57,6 @@ CASES = [
     (dict(accelerator="cuda"), CPU, FabricEnvironmentError,
      "Fabric(accelerator='cuda') cannot run here: no cuda device is available in this process. Available: cpu."),
     (dict(accelerator="mps"), CPU, FabricEnvironmentError, "Fabric(accelerator='mps') cannot run here"),
-    (dict(accelerator="tpu"), CPU, FabricEnvironmentError, "Fabric(accelerator='tpu') cannot run here: no xla device"),
     (dict(accelerator="gpu"), CPU, FabricEnvironmentError,
      "Fabric(accelerator='gpu') found no GPU: neither CUDA nor MPS is available in this process."),
     (dict(accelerator="cuda", strategy=SingleDeviceStrategy(device="cpu")), GPUS, ConfigurationError,

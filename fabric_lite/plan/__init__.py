@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fabric_lite.accelerators import AUTO_ORDER, Accelerator, probe_available
+from fabric_lite.accelerators import AUTO_ORDER, XLA_STRATEGIES, Accelerator, XLAAccelerator, probe_available
 from fabric_lite.environments.base import ClusterEnvironment
 from fabric_lite.errors import ConfigurationError, FabricEnvironmentError, choices_error
 from fabric_lite.precision.base import Precision
@@ -43,10 +43,12 @@ HANDOVER = {
 _DEFAULTS: dict[str, Any] = {"accelerator": "auto", "strategy": "auto", "devices": "auto", "num_nodes": 1, "precision": None}
 
 # The order in which environments are detected; the last always matches.
-_ENVIRONMENT_ORDER = ("torchelastic", "slurm", "local")
+_ENVIRONMENT_ORDER = ("torchelastic", "slurm", "xla", "local")
 # strategy="auto" with more than one process, by accelerator.
 _MULTI_PROCESS_DEFAULT = {"cpu": "ddp", "cuda": "ddp", "mps": "ddp", "xla": "xla"}
 _SINGLE_PROCESS_DEFAULT = {"xla": "single_xla"}
+# Strategies in which one process drives every device: nothing to launch whatever the device count.
+_ONE_PROCESS_STRATEGIES = ("dp", "xla_spmd", "xla_fsdp")
 
 
 def resolve(
@@ -83,7 +85,7 @@ def resolve(
     accelerator_instance = given["accelerator"] if isinstance(given["accelerator"], Accelerator) else None
     strategy_instance = given["strategy"] if isinstance(given["strategy"], Strategy) else None
 
-    accelerator_name = _resolve_accelerator(given["accelerator"], strategy_instance, available, reasons)
+    accelerator_name = _resolve_accelerator(given["accelerator"], strategy_instance, available, reasons, given["strategy"])
     device_indices = resolve_devices(
         given["devices"], accelerator_name, available, reasons, asked=_asked("devices", given["devices"], reasons)
     )
@@ -204,7 +206,8 @@ def _split_plugins(plugins: Any, precision: Any) -> tuple[Precision | None, Clus
 
 # --------------------------------------------------------------------------------- step 2
 def _resolve_accelerator(
-    value: Any, strategy_instance: Strategy | None, available: Mapping[str, int], reasons: dict[str, str]
+    value: Any, strategy_instance: Strategy | None, available: Mapping[str, int], reasons: dict[str, str],
+    strategy: Any = None,
 ) -> str:
     if isinstance(value, Accelerator):
         reasons.setdefault("accelerator", "an Accelerator instance was passed")
@@ -213,6 +216,11 @@ def _resolve_accelerator(
         raise choices_error(f"Fabric(accelerator={value!r})", "accelerator", ["auto", "gpu", *ACCELERATORS.names()])
     strategy_device = getattr(strategy_instance, "_root_device", None) if strategy_instance is not None else None
     if value == "auto":
+        if _is_xla_strategy(strategy):
+            if available.get("xla", 0) <= 0:
+                raise XLAAccelerator.unavailable_error(_asked("strategy", strategy, reasons))
+            reasons.setdefault("accelerator", "auto: the strategy runs on XLA devices")
+            return "xla"
         if strategy_device is not None:
             reasons.setdefault("accelerator", f"the device of the strategy instance ({strategy_device})")
             return strategy_device.type
@@ -231,6 +239,8 @@ def _resolve_accelerator(
     name = ACCELERATORS.canonical(value)
     if name is None:
         raise choices_error(_asked("accelerator", value, reasons), "accelerator", ["auto", "gpu", *ACCELERATORS.names()])
+    if available.get(name, 0) <= 0 and name == "xla":
+        raise XLAAccelerator.unavailable_error(_asked("accelerator", value, reasons))
     if available.get(name, 0) <= 0 and name != "cpu":
         raise FabricEnvironmentError(
             f"Fabric(accelerator={value!r}) cannot run here: no {name} device is available in this process. "
@@ -243,6 +253,12 @@ def _resolve_accelerator(
         )
     reasons.setdefault("accelerator", "requested")
     return name
+
+
+def _is_xla_strategy(value: Any) -> bool:
+    """Whether a strategy name or instance is one of the XLA strategies (they need an XLA device)."""
+    name = value.name if isinstance(value, Strategy) else STRATEGIES.canonical(value) if isinstance(value, str) else None
+    return name in XLA_STRATEGIES
 
 
 # --------------------------------------------------------------------------------- step 3
@@ -324,13 +340,16 @@ def _resolve_launcher(
         made_by = "fabric_lite's subprocess launcher" if environment == "local" else environment
         reasons["launcher"] = f"processes already made by {made_by}"
         return "external"
-    if world_size == 1 or strategy == "dp":
-        reasons["launcher"] = "one process: nothing to launch"
-        return "none"
     if strategy_instance is not None:
         method = getattr(strategy_instance, "start_method", "popen")
     else:
         method = STRATEGIES.get(strategy, asked=strategy).kwargs.get("start_method", "popen")
+    if method == "xla":  # torch_xla makes the replicas (one per device; in this process for one device)
+        reasons["launcher"] = "torch_xla.launch makes one replica per XLA device"
+        return "xla"
+    if world_size == 1 or strategy in _ONE_PROCESS_STRATEGIES:
+        reasons["launcher"] = "one process: nothing to launch"
+        return "none"
     name = "subprocess" if method == "popen" else method
     reasons["launcher"] = (
         "strategy re-runs the script once per extra local rank" if name == "subprocess" else f"strategy starts processes with {method}"

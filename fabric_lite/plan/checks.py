@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from fabric_lite.accelerators import XLA_STRATEGIES
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.plan.model import Plan
 from fabric_lite.plan.slurm import CHECKS as SLURM_CHECKS
@@ -53,6 +54,47 @@ _UNSUPPORTED += [
             + (f" ({p.external_sizes[1]} per node)" if p.external_sizes and p.external_sizes[1] else "")  # type: ignore[index]
             + ". Fix: make them agree, e.g. srun --ntasks-per-node=DEVICES -N NUM_NODES, or torchrun "
             "--nproc-per-node=DEVICES --nnodes=NUM_NODES, or pass the matching devices/num_nodes to Fabric."
+        ),
+    ),
+]
+
+
+_XLA_PRECISIONS = ("32-true", "16-true", "bf16-true")
+_UNSUPPORTED += [
+    (
+        lambda p: p.accelerator == "xla" and p.precision not in _XLA_PRECISIONS,
+        lambda p: (
+            f"Fabric(accelerator='xla', precision={p.precision!r}) cannot work: XLA devices take the model's dtype "
+            f"(no autocast or GradScaler here). Choose one of: {', '.join(_XLA_PRECISIONS)}. "
+            f"Fix: precision='bf16-true' for half precision on XLA."
+        ),
+    ),
+    (
+        lambda p: p.strategy in XLA_STRATEGIES and p.accelerator != "xla",
+        lambda p: (
+            f"Fabric(strategy={p.strategy!r}, accelerator={p.accelerator!r}): {p.strategy} runs on XLA devices only. "
+            f"Fix: accelerator='xla' (or 'auto') with PJRT_DEVICE set, or strategy='ddp' for {p.accelerator} processes."
+        ),
+    ),
+    (
+        lambda p: p.accelerator == "xla" and p.strategy not in XLA_STRATEGIES,
+        lambda p: (
+            f"Fabric(accelerator='xla', strategy={p.strategy!r}): {p.strategy} does not run on XLA devices. "
+            f"Choose one of: {', '.join(XLA_STRATEGIES)}."
+        ),
+    ),
+    (
+        lambda p: p.strategy == "single_xla" and p.world_size > 1,
+        lambda p: (
+            f"Fabric(strategy='single_xla', devices={p.num_devices}) asks for {p.world_size} XLA devices, but single_xla "
+            f"runs on exactly one. Fix: devices=1, or strategy='xla' (one replica per device), 'xla_spmd' or 'xla_fsdp'."
+        ),
+    ),
+    (
+        lambda p: p.strategy in ("xla_spmd", "xla_fsdp") and p.num_nodes > 1,
+        lambda p: (
+            f"Fabric(strategy={p.strategy!r}, num_nodes={p.num_nodes}): this SPMD strategy builds a mesh of one host's "
+            f"devices. Fix: num_nodes=1, or strategy='xla' for one replica per device across hosts."
         ),
     ),
 ]
