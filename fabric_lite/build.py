@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fabric_lite.plan.model import Plan
@@ -29,6 +30,8 @@ def instantiate(plan: Plan) -> Strategy:
         # What the user did not give the instance comes from the plan: environment, devices, nodes.
         if plan.environment_instance is not None or not getattr(strategy, "_environment_given", True):
             strategy.cluster_environment = environment
+        if plan.collective_timeout is not None and hasattr(strategy, "timeout"):
+            strategy.timeout = timedelta(seconds=plan.collective_timeout)  # plan checked it agrees with the instance
         if not getattr(strategy, "_devices_given", True):
             strategy.parallel_devices = [accelerator.get_device(i) for i in plan.devices]
             strategy.num_nodes = plan.num_nodes
@@ -41,6 +44,7 @@ def instantiate(plan: Plan) -> Strategy:
         cluster_environment=environment,
         parallel_devices=[accelerator.get_device(i) for i in plan.devices],
         num_nodes=plan.num_nodes,
+        **({"timeout": timedelta(seconds=plan.collective_timeout)} if plan.collective_timeout is not None else {}),
     )
 
 

@@ -4,7 +4,7 @@ Usage::
 
     fabric-run [--accelerator A] [--strategy S] [--devices N] [--num-nodes M] [--node-rank R]
                [--main-address HOST] [--main-port PORT] [--precision P] [--max-restarts K]
-               [--dry-run] script.py [script arguments ...]
+               [--collective-timeout SECONDS] [--dry-run] script.py [script arguments ...]
     fabric-run consolidate CHECKPOINT_DIR --output FILE
 
 The flags are those of Lightning's ``fabric run``. fabric-run resolves the Plan first (so a bad
@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 from fabric_lite.errors import FabricLiteError
 from fabric_lite.plan import HANDOVER, resolve
+from fabric_lite.plan.reliability import TIMEOUT_VARIABLE
 from fabric_lite.utilities.distributed import port_in_use
 
 _DEFAULT_MULTI_NODE_PORT = 29400
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default=None, help="32-true, 64-true, 16-mixed, bf16-mixed, 16-true, bf16-true, ...")
     parser.add_argument("--max-restarts", dest="max_restarts", type=int, default=0,
                         help="restart all workers up to K times when one fails (torch.distributed.run --max-restarts)")
+    parser.add_argument("--collective-timeout", dest="collective_timeout", default=None, metavar="SECONDS",
+                        help="seconds a collective may wait for the other ranks before the job fails with every "
+                             "rank's stack (default: the strategy's, 30 minutes)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved plan and the command, start nothing")
     parser.add_argument("script", help="the training script")
     parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
@@ -124,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return consolidate_main(argv[1:])
     args = build_parser().parse_args(argv)
     handover = handover_env(args)
+    if args.collective_timeout is not None:
+        handover[TIMEOUT_VARIABLE] = args.collective_timeout  # checked by resolve() below
     if not 0 <= args.node_rank < max(args.num_nodes, 1):
         print(f"fabric-run: --node-rank {args.node_rank} does not exist with --num-nodes {args.num_nodes} (node ranks "
               f"are 0 to {args.num_nodes - 1}). Fix: give each machine a distinct rank below {args.num_nodes}.",

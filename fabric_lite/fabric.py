@@ -92,6 +92,7 @@ class Fabric:
         self._launched = False
         self._environment_ready = False
         self._launcher = make_launcher(self._plan)
+        self._preemption = self._plan.preemption_instance
         if self._plan.launcher == "external":
             # fabric-run / torchrun / SLURM already made the processes: get ready now; launch() is then harmless.
             self._launcher.prepare_process()
@@ -177,6 +178,8 @@ class Fabric:
         if not self._environment_ready:
             self._strategy.setup_environment()
             rank_zero_only.rank = self._strategy.global_rank  # type: ignore[attr-defined]
+            if self._preemption is not None:  # in every rank: each process gets its own signals
+                self._preemption.install(global_rank=self._strategy.global_rank)
             self._environment_ready = True
 
     # ------------------------------------------------------------------------------ set-up
@@ -269,6 +272,12 @@ class Fabric:
     # ------------------------------------------------------------------------------ training
     def backward(self, tensor: torch.Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
         """Use instead of ``loss.backward()``: applies loss scaling and strategy hooks."""
+        if not self._models_setup:
+            raise UsageError(
+                "fabric.backward(loss) was called before fabric.setup(model, optimizer): the gradients would skip "
+                "loss scaling and, with several processes, would not be synchronised. Fix: model, optimizer = "
+                "fabric.setup(model, optimizer) before the training loop."
+            )
         if self._plain_backward:
             tensor.backward(*args, **kwargs)
             return
@@ -341,6 +350,26 @@ class Fabric:
         data = convert_to_tensors(data, device=self.device)
         return apply_to_collection(data, torch.Tensor, self._strategy.all_reduce, group=group, reduce_op=reduce_op)
 
+    def should_stop(self) -> bool:
+        """Whether any rank received a preemption signal (``Fabric(plugins=[Preemption()])``); the same answer on every rank.
+
+        Call it once per step; on ``True`` save and leave the loop. One ``all_reduce(MAX)`` of a one-element
+        tensor (none in one process); always ``False`` without the plugin. Under SLURM, rank 0 requeues the
+        job when it exits (see ``fabric_lite.plugins.Preemption``).
+
+        Example:
+            >>> fabric = Fabric(accelerator="cpu")
+            >>> fabric.should_stop()
+            False
+        """
+        if self._preemption is None:
+            return False
+        flag = self._preemption.flag
+        if self.world_size > 1:
+            vote = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            flag = bool(self._strategy.all_reduce(vote, reduce_op="max").item() > 0)
+        return self._preemption.agree(flag)
+
     @contextlib.contextmanager
     def rank_zero_first(self, local: bool = False) -> Generator[None, None, None]:
         """Run the block on rank 0 (of the machine if ``local``) first, then on the others, e.g. to download data once."""
@@ -386,6 +415,7 @@ class Fabric:
 
         ``filter`` maps a state key to ``fn(name, value) -> bool`` selecting entries of that object's state dict.
         """
+        self._validate_launched("save")
         # A set-up dataloader is saved with every rank's position and random state (one gather).
         self._strategy.save_checkpoint(path, gather_loader_states(state, self.world_size), filter=filter)
         self.barrier("save")
@@ -403,6 +433,7 @@ class Fabric:
         With ``state=None`` the whole checkpoint is returned. ``weights_only=False`` allows arbitrary
         pickles: use it only for files you trust.
         """
+        self._validate_launched("load")
         remainder = self._strategy.load_checkpoint(path, state, strict=strict, weights_only=weights_only)
         self.barrier("load")
         return remainder

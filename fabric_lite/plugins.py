@@ -2,6 +2,7 @@
 
 from fabric_lite.environments import ClusterEnvironment, LocalEnvironment, TorchElasticEnvironment
 from fabric_lite.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision, TruePrecision
+from fabric_lite.utilities.preemption import Preemption
 
 __all__ = [
     "ClusterEnvironment",
@@ -10,6 +11,7 @@ __all__ = [
     "LocalEnvironment",
     "MixedPrecision",
     "Precision",
+    "Preemption",
     "TorchElasticEnvironment",
     "TruePrecision",
 ]

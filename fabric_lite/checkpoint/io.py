@@ -71,6 +71,25 @@ class _ignore_missing:
         return exc_type is not None and issubclass(exc_type, FileNotFoundError)
 
 
+def _check_format(path: Path) -> None:
+    """Refuse a file that is no torch checkpoint at all (empty, damaged, another format) before unpickling it."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        raise CheckpointError(
+            f"fabric.load({str(path)!r}) got an empty file (0 bytes): a save or copy that was cut off. "
+            f"Fix: load another checkpoint from {str(path.parent)!r} (fabric.save writes atomically, so an older one "
+            f"is complete)."
+        )
+    # torch.save writes a zip archive (b"PK\x03\x04"); its legacy format and plain pickles start with PROTO (0x80).
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise CheckpointError(
+            f"fabric.load({str(path)!r}) got a file that is not a torch checkpoint: it is neither a zip archive "
+            f"(torch.save's format) nor a pickle (it starts with {head!r}). It is damaged or of another format. "
+            f"Fix: pass a file written by fabric.save or torch.save, or load another checkpoint from {str(path.parent)!r}."
+        )
+
+
 def safe_globals() -> list[Any]:
     """Types fabric_lite's own checkpoints may contain beyond what ``weights_only`` allows by itself."""
     allowed: list[Any] = []
@@ -110,6 +129,7 @@ def load_checkpoint_file(path: str | Path, *, weights_only: bool = True, map_loc
             f"fabric.load({str(path)!r}) got a folder, but this strategy saves single-file checkpoints. "
             f"Fix: pass the checkpoint file inside it."
         )
+    _check_format(path)
     try:
         if not weights_only:
             return torch.load(path, map_location=map_location, weights_only=False)
@@ -122,8 +142,9 @@ def load_checkpoint_file(path: str | Path, *, weights_only: bool = True, map_loc
             f"It may contain code that would run on load. Fix: if you made this file yourself and trust it, "
             f"call fabric.load(path, weights_only=False)."
         ) from None
-    except (RuntimeError, EOFError) as error:
+    except (RuntimeError, EOFError, KeyError, ValueError) as error:
+        reason = str(error).strip().split(". ")[0] or "the file ended too early"
         raise CheckpointError(
-            f"fabric.load({str(path)!r}) could not read the file ({type(error).__name__}: {error}). "
+            f"fabric.load({str(path)!r}) could not read the file ({type(error).__name__}: {reason}); it may be truncated. "
             f"It is not a complete torch checkpoint. Fix: load another checkpoint from {str(path.parent)!r}."
         ) from None

@@ -9,6 +9,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from fabric_lite.__about__ import __version__
+from fabric_lite.checkpoint.mismatch import load_module_state, load_optimizer_state
 from fabric_lite.errors import CheckpointError, ConfigurationError
 from fabric_lite.wrappers import unwrap
 
@@ -66,6 +67,13 @@ def to_saveable(
     return saveable
 
 
+def _raw_hint(checkpoint: Mapping[str, Any], meta: Any) -> str:
+    """A bare ``model.state_dict()`` file loaded with fabric.load: point to load_raw."""
+    if meta or not checkpoint or not all(hasattr(v, "shape") for v in checkpoint.values()):
+        return ""
+    return "; this file holds a bare state dict (torch.save(model.state_dict())): use fabric.load_raw(path, model)"
+
+
 def restore_state(
     checkpoint: Any,
     state: Mapping[str, Any] | nn.Module | Optimizer | None,
@@ -83,9 +91,9 @@ def restore_state(
                 f"state dict. Fix: use fabric.load({source!r}, {{'model': model, ...}})."
             )
         if isinstance(target, nn.Module):
-            target.load_state_dict(checkpoint, strict=strict)
+            load_module_state(target, checkpoint, strict=strict, source=source, key=None)
         else:
-            state.load_state_dict(checkpoint)  # type: ignore[union-attr]
+            load_optimizer_state(state, checkpoint, source=source, key=None)
         return {}
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
@@ -106,16 +114,16 @@ def restore_state(
         raise CheckpointError(
             f"fabric.load({source!r}) cannot restore {', '.join(map(repr, missing))}: the checkpoint has no such key "
             f"(it has: {', '.join(map(repr, checkpoint)) or 'nothing'}). Fix: fix the key, or pass strict=False to "
-            f"skip keys the checkpoint lacks."
+            f"skip keys the checkpoint lacks{_raw_hint(checkpoint, meta)}."
         )
     for key, obj in state.items():
         if key not in checkpoint:
             continue
         inner = unwrap(obj)
         if isinstance(inner, nn.Module):
-            inner.load_state_dict(checkpoint.pop(key), strict=strict)
-        elif isinstance(inner, Optimizer):
-            obj.load_state_dict(checkpoint.pop(key))  # the wrapper re-syncs itself with the optimizer
+            load_module_state(inner, checkpoint.pop(key), strict=strict, source=source, key=key)
+        elif isinstance(inner, Optimizer):  # the wrapper re-syncs itself with the optimizer
+            load_optimizer_state(obj, checkpoint.pop(key), source=source, key=key)
         elif _is_stateful(obj):
             obj.load_state_dict(checkpoint.pop(key))
         else:

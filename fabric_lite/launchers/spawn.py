@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 from fabric_lite.errors import ConfigurationError, FabricEnvironmentError
 from fabric_lite.launchers.base import describe_exit, is_peer_lost, print_root_cause
 from fabric_lite.launchers.external import die_with_parent
+from fabric_lite.utilities import hang
 from fabric_lite.utilities.distributed import find_free_port, port_in_use
 
 if TYPE_CHECKING:
@@ -153,5 +154,8 @@ def _run_in_process(
         output = function(fabric, *args, **kwargs)
         if fabric.global_rank == 0:
             results.put(output)
+    except BaseException as error:
+        hang.report_timeout(error)  # a timed-out collective: every rank prints its stack before join() stops them
+        raise
     finally:
         fabric._strategy.teardown()

@@ -19,7 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from fabric_lite.errors import FabricEnvironmentError
-from fabric_lite.launchers.base import describe_exit, print_root_cause
+from fabric_lite.launchers.base import describe_exit, is_peer_lost, print_root_cause
 from fabric_lite.launchers.external import PARENT_PID_VARIABLE, install_error_file_hook
 from fabric_lite.utilities.distributed import find_free_port, port_in_use
 
@@ -113,8 +113,9 @@ class SubprocessLauncher:
 
         def hook(exc_type: Any, exc: Any, tb: Any) -> None:
             self._stopping.set()
-            # A collective on rank 0 fails right after a peer dies; give that peer's exit a moment to be seen.
-            result = self._context.wait(timeout=0.5, period=0.05)
+            # A collective on rank 0 fails right after a peer dies; give that peer's exit a moment to be seen
+            # (longer when the error itself says a peer vanished: on a loaded machine its exit takes a while).
+            result = self._context.wait(timeout=3.0 if is_peer_lost(str(exc)) else 0.5, period=0.05)
             if result is not None and result.is_failed():
                 report_failure(result.failures, self.num_processes, int(os.environ.get("NODE_RANK", "0")))
                 print("fabric_lite: rank 0 then failed as a consequence:", file=sys.stderr, flush=True)

@@ -27,8 +27,10 @@ from fabric_lite.precision.base import Precision
 from fabric_lite.plan.checks import validate
 from fabric_lite.plan.devices import resolve_devices, resolve_num_nodes
 from fabric_lite.plan.model import Plan
+from fabric_lite.plan.reliability import check_environment, collective_timeout, preemption_plugin
 from fabric_lite.registry import ACCELERATORS, ENVIRONMENTS, LAUNCHERS, PRECISIONS, STRATEGIES
 from fabric_lite.strategies.base import Strategy
+from fabric_lite.utilities.preemption import Preemption
 
 __all__ = ["HANDOVER", "Plan", "resolve"]
 
@@ -82,6 +84,7 @@ def resolve(
     given = _apply_handover(given, env, reasons)
 
     precision_plugin, environment_plugin = _split_plugins(plugins, given["precision"])
+    preemption = preemption_plugin(list(plugins) if isinstance(plugins, (list, tuple)) else [plugins])
     accelerator_instance = given["accelerator"] if isinstance(given["accelerator"], Accelerator) else None
     strategy_instance = given["strategy"] if isinstance(given["strategy"], Strategy) else None
 
@@ -95,6 +98,7 @@ def resolve(
     environment = environment_plugin or ENVIRONMENTS.get(environment_name, asked=environment_name).create(
         env=env, num_processes=len(device_indices), num_nodes=nodes
     )
+    check_environment(env, environment)  # rank variables that are not integers or do not fit together
     external = environment.creates_processes_externally
     external_sizes = None
     if external:
@@ -106,6 +110,7 @@ def resolve(
         precision_plugin = _strategy_precision(strategy_instance, given["precision"], reasons)
     precision_name = _resolve_precision(given["precision"], precision_plugin, reasons)
     launcher = _resolve_launcher(strategy_name, strategy_instance, external, environment_name, world_size, reasons)
+    timeout_s = collective_timeout(env, strategy_instance, reasons)
 
     plan = Plan(
         accelerator=accelerator_name,
@@ -123,6 +128,8 @@ def resolve(
         strategy_instance=strategy_instance,
         precision_instance=precision_plugin,
         environment_instance=environment_plugin,
+        collective_timeout=timeout_s,
+        preemption_instance=preemption,
     )
     validate(plan)
     return plan
@@ -183,11 +190,11 @@ def _split_plugins(plugins: Any, precision: Any) -> tuple[Precision | None, Clus
     items = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
     precision_plugins = [p for p in items if isinstance(p, Precision)]
     environments = [p for p in items if isinstance(p, ClusterEnvironment)]
-    unknown = [p for p in items if not isinstance(p, (Precision, ClusterEnvironment))]
+    unknown = [p for p in items if not isinstance(p, (Precision, ClusterEnvironment, Preemption))]
     if unknown:
         raise ConfigurationError(
             f"Fabric(plugins=[{', '.join(type(p).__name__ for p in unknown)}]) is not a supported plugin. "
-            f"Choose instances of: Precision, ClusterEnvironment. Fix: pass precision names as precision='bf16-mixed'."
+            f"Choose instances of: Precision, ClusterEnvironment, Preemption. Fix: pass precision names as precision='bf16-mixed'."
         )
     for kind, found in (("precision plugin", precision_plugins), ("cluster environment", environments)):
         if len(found) > 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fabric_lite.accelerators import Accelerator
 from fabric_lite.environments.base import ClusterEnvironment
@@ -33,6 +34,10 @@ class Plan:
     strategy_instance: Strategy | None = field(default=None, repr=False, compare=False)
     precision_instance: Precision | None = field(default=None, repr=False, compare=False)
     environment_instance: ClusterEnvironment | None = field(default=None, repr=False, compare=False)
+    #: Seconds a collective may wait (FABRIC_LITE_COLLECTIVE_TIMEOUT), None: the strategy's own.
+    collective_timeout: float | None = None
+    #: The Preemption plugin (utilities/preemption.py), if one was passed.
+    preemption_instance: Any = field(default=None, repr=False, compare=False)
 
     @property
     def num_devices(self) -> int:

@@ -19,6 +19,7 @@ from fabric_lite.errors import ConfigurationError, FabricEnvironmentError
 from fabric_lite.precision.base import Precision
 from fabric_lite.strategies.base import Strategy
 from fabric_lite.utilities import distributed as collectives
+from fabric_lite.utilities import hang
 
 #: How the processes are made: "popen" re-runs the script per rank, the others are torch.multiprocessing's.
 StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
@@ -66,7 +67,8 @@ class DDPStrategy(Strategy):
         self.parallel_devices = list(parallel_devices) if parallel_devices else [torch.device("cpu")]
         self.num_nodes = num_nodes
         self.process_group_backend = process_group_backend
-        self.timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
+        self._timeout_given = timeout is not None and timeout is not DEFAULT_TIMEOUT
+        self.timeout = check_timeout(timeout, type(self).__name__) if timeout is not None else DEFAULT_TIMEOUT
         self.start_method = start_method
         self.ddp_kwargs = kwargs
 
@@ -137,6 +139,9 @@ class DDPStrategy(Strategy):
                 # Scripts rarely tear down themselves, and NCCL warns when the group outlives main. Not for
                 # gloo: destroying it while a peer is already gone can abort the process at exit.
                 atexit.register(_destroy_process_group)
+            # A collective that times out prints every rank's stack before the job goes (utilities/hang.py).
+            hang.start_monitor(address=address, port=port, rank=self.global_rank, world_size=self.world_size,
+                               timeout=self.timeout)
         except dist.DistNetworkError as error:
             raise FabricEnvironmentError(
                 f"DDP rank {self.global_rank} could not open the rendezvous at {address}:{port}: {error}. "
@@ -201,6 +206,21 @@ class DDPStrategy(Strategy):
             f"{type(self).__name__}(start_method={self.start_method!r}, devices={len(self.parallel_devices)}, "
             f"num_nodes={self.num_nodes}, precision={self.precision.name!r})"
         )
+
+
+def check_timeout(timeout: Any, owner: str) -> timedelta:
+    """A collective timeout must be a positive ``datetime.timedelta`` (as in Lightning and torch.distributed)."""
+    if not isinstance(timeout, timedelta):
+        raise ConfigurationError(
+            f"{owner}(timeout={timeout!r}) must be a datetime.timedelta, not {type(timeout).__name__}. "
+            f"Fix: {owner}(timeout=datetime.timedelta(seconds={timeout if isinstance(timeout, (int, float)) else 300}))."
+        )
+    if timeout.total_seconds() <= 0:
+        raise ConfigurationError(
+            f"{owner}(timeout={timeout!r}) is not positive: every collective would fail at once. "
+            f"Fix: {owner}(timeout=datetime.timedelta(minutes=30)) or another positive duration."
+        )
+    return timeout
 
 
 def _destroy_process_group() -> None:
