@@ -648,23 +648,29 @@ class Trainer:
         model.train()
         self._phase = "in_epoch"
         self._batch_idx = 0
-        skip = 0
+        skip = done = 0
+        loader_continues = resume is not None and resume.get("loader_continues", False)
         if resume is not None and resume["phase"] in ("in_epoch", "batch_done"):
-            skip = resume["batches_done"]
-            set_rng(resume["epoch_rng"])
+            done = resume["batches_done"]
+            if not loader_continues:  # a loader without state: replay the epoch's draw and skip what was trained
+                skip = done
+                set_rng(resume["epoch_rng"])
         self._epoch_rng = get_rng()
         self._call_hook("on_train_epoch_start")
         num_batches = self.num_training_batches
+        # A stateful loader (fabric_lite's set-up dataloaders) continues its interrupted epoch by itself:
+        # same order, the trained batches dropped at the index level, the random state put back.
         iterator = iter(self.train_dataloader)
         stop_epoch = False
         for batch_idx in range(skip):  # resume mid-epoch: the same order, the batches already trained skipped
             next(iterator)
         if skip:
             set_rng(resume["rng"])  # type: ignore[index]
-            self._batches_done = skip
-            if resume["phase"] == "batch_done" and self._should_validate(skip - 1):  # type: ignore[index]
+        if done:
+            self._batches_done = done
+            if resume["phase"] == "batch_done" and self._should_validate(done - 1):  # type: ignore[index]
                 self._run_validation()  # the checkpoint was written before this batch's validation
-        batch_idx = skip
+        batch_idx = done
         while batch_idx < num_batches:
             try:
                 batch = next(iterator)
@@ -1004,6 +1010,8 @@ class Trainer:
         if not weights_only:
             for index, optimizer in enumerate(self.optimizers):
                 state[f"optimizer_{index}"] = optimizer
+            if self._in_fit and callable(getattr(self.train_dataloader, "state_dict", None)):
+                state["train_dataloader"] = self.train_dataloader  # its position, epoch and random state
             extra["lr_schedulers"] = [config.scheduler.state_dict() for config in self.lr_scheduler_configs]
             extra["loops"] = {
                 "phase": self._phase,
@@ -1079,13 +1087,20 @@ class Trainer:
         phase = loops.get("phase", "epoch_done")
         if phase in ("in_epoch", "batch_done") and loops.get("batches_done", 0) == 0:
             phase = "epoch_done"
-        if phase in ("in_epoch", "batch_done") and 0 < loops.get("batches_done", 0) < self.num_training_batches and self.world_size > 1:
+        done = int(loops.get("batches_done", 0))
+        loader_state = remainder.get("train_dataloader")
+        loader_continues = False
+        if phase in ("in_epoch", "batch_done") and 0 < done < self.num_training_batches and loader_state is not None \
+                and callable(getattr(self.train_dataloader, "load_state_dict", None)):
+            self.train_dataloader.load_state_dict(loader_state)  # the next iter continues the epoch exactly
+            loader_continues = True
+        elif phase in ("in_epoch", "batch_done") and 0 < done < self.num_training_batches and self.world_size > 1:
             rank_zero_warn(
-                "Resuming mid-epoch with several processes: the batches already trained this epoch are skipped, but "
-                "the distributed sampler restarts its shuffling epochs from 0, so the order may differ from the original run."
+                "Resuming mid-epoch with a loader that keeps no state: the batches already trained are skipped, but a "
+                "distributed sampler restarts its shuffling epochs from 0, so the order may differ from the original run."
             )
         self._resume = None if phase == "epoch_done" else {
-            "phase": phase, "batches_done": int(loops.get("batches_done", 0)),
+            "phase": phase, "batches_done": done, "loader_continues": loader_continues,
             "epoch_rng": loops.get("epoch_rng"), "rng": loops.get("rng"),
         }
         if phase == "epoch_done" and loops.get("rng") is not None:

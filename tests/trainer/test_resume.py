@@ -49,6 +49,7 @@ def test_resume_continues_exactly(tmp_path, every, checkpoint, phase):
     path = tmp_path / "ck" / checkpoint
     state = torch.load(path, weights_only=True)
     assert state["loops"]["phase"] == phase
+    assert "train_dataloader" in state  # the set-up loader's position and random state (fabric_lite's stateful loaders)
     stopper = EarlyStopping(monitor="val_loss", patience=100)
     resumed_trainer, resumed = run(tmp_path, "resumed", ckpt_path=path, callbacks=[stopper])
     torch.testing.assert_close(weights(resumed), weights(full), rtol=0, atol=0)  # bit for bit

@@ -50,6 +50,10 @@ class Model(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+def _full(tensor):
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor.detach()
+
+
 class Seen(Callback):
     def __init__(self):
         self.val_batches = 0
@@ -75,6 +79,15 @@ def run(out: Path, strategy: str) -> None:
                       enable_progress_bar=False, num_sanity_val_steps=0, enable_checkpointing=False)
     model2 = Model()
     resumed.fit(model2, train, val, ckpt_path=checkpoint.last_model_path)
+    # mid-epoch: a shuffled run checkpointed at step 6 (batch 2 of epoch 1) and resumed must end bit for bit equal
+    shuffled = DataLoader(regression_data(32), batch_size=4, shuffle=True)
+    saver = ModelCheckpoint(dirpath=out / "mid", every_n_train_steps=6, save_top_k=-1)
+    uninterrupted, resumed_mid = Model(), Model()
+    Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=3, logger=False, enable_progress_bar=False,
+            callbacks=[saver]).fit(uninterrupted, shuffled)
+    Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=3, logger=False, enable_progress_bar=False,
+            enable_checkpointing=False).fit(resumed_mid, shuffled, ckpt_path=out / "mid" / "epoch=1-step=6.ckpt")
+    mid_equal = all(torch.equal(_full(a), _full(b)) for a, b in zip(uninterrupted.parameters(), resumed_mid.parameters()))
     full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
     report = {
         "rank": trainer.global_rank,
@@ -88,6 +101,7 @@ def run(out: Path, strategy: str) -> None:
         "last_is": "dir" if os.path.isdir(checkpoint.last_model_path) else "file",
         "resumed_step": resumed.global_step,
         "resumed_epoch": resumed.current_epoch,
+        "mid_epoch_resume_exact": mid_equal,
     }
     (out / f"{strategy}_rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
