@@ -61,27 +61,38 @@ class _MetadataUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in checkpoint metadata") from None
 
 
+def read_metadata(folder: str | Path) -> Any:
+    """A DCP folder's ``.metadata``, unpickled with only DCP's metadata types allowed; raises CheckpointError otherwise.
+
+    Called before DCP starts too: DCP would wrap the error of its reader in its own exceptions.
+    """
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    if not _MetadataUnpickler.allowed:
+        _MetadataUnpickler.allowed = _allowed_globals()
+    path = Path(folder) / ".metadata"
+    try:
+        with open(path, "rb") as handle:
+            metadata = _MetadataUnpickler(handle).load()
+    except pickle.UnpicklingError as error:
+        raise _refused(repr(str(path)), error) from None
+    except (EOFError, OSError) as error:
+        raise CheckpointError(
+            f"fabric.load({str(path.parent)!r}) could not read {path.name} ({type(error).__name__}: {error}): the "
+            f"folder is damaged. Fix: load another checkpoint."
+        ) from None
+    if not isinstance(metadata, Metadata):
+        raise _refused(repr(str(path)), pickle.UnpicklingError(f"it holds a {type(metadata).__name__}, not DCP metadata"))
+    return metadata
+
+
 class SafeFileSystemReader(FileSystemReader):
     """A ``FileSystemReader`` whose ``.metadata`` may hold nothing but DCP's metadata records."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-        if not _MetadataUnpickler.allowed:
-            _MetadataUnpickler.allowed = _allowed_globals()
-        path = Path(self.path) / ".metadata"
-        try:
-            with open(path, "rb") as handle:
-                metadata = _MetadataUnpickler(handle).load()
-        except pickle.UnpicklingError as error:
-            raise _refused(repr(str(path)), error) from None
-        except (EOFError, OSError) as error:
-            raise CheckpointError(
-                f"fabric.load({str(path.parent)!r}) could not read {path.name} ({type(error).__name__}: {error}). "
-                f"Fix: load another checkpoint."
-            ) from None
-        from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+        from torch.distributed.checkpoint.metadata import StorageMeta
 
-        if not isinstance(metadata, Metadata):
-            raise _refused(repr(str(path)), pickle.UnpicklingError(f"it holds a {type(metadata).__name__}, not DCP metadata"))
+        metadata = read_metadata(self.path)
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -119,7 +130,8 @@ def _refused(what: str, error: Exception) -> CheckpointError:
     return CheckpointError(
         f"fabric.load refused to unpickle {what} of a sharded checkpoint with weights_only=True: {first_line}. "
         f"It may contain code that would run on load. Fix: if you made this checkpoint yourself and trust it, "
-        f"call fabric.load(path, state, weights_only=False)."
+        f"load it with weights_only=False: fabric.load(path, state, weights_only=False) or consolidate(..., "
+        f"weights_only=False)."
     )
 
 
@@ -127,6 +139,7 @@ def reader_and_planner(path: str | Path, *, weights_only: bool, allow_partial_lo
     """The DCP storage reader and load planner for ``path``: safe ones unless ``weights_only=False``."""
     if not weights_only:
         return FileSystemReader(path), DefaultLoadPlanner(allow_partial_load=allow_partial_load)
+    read_metadata(path)  # refuse a crafted .metadata with fabric_lite's own error, before DCP runs
     return SafeFileSystemReader(path), SafeLoadPlanner(allow_partial_load=allow_partial_load)
 
 
@@ -135,6 +148,8 @@ def load_whole(folder: str | Path, *, weights_only: bool = True) -> dict[str, An
     # What torch's own dcp_to_torch_save does (dcp.load would copy back only keys the empty dict had).
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+    if weights_only:
+        read_metadata(folder)
     reader = SafeFileSystemReader(folder) if weights_only else FileSystemReader(folder)
     planner = SafeEmptyStateDictLoadPlanner() if weights_only else _EmptyStateDictLoadPlanner()
     state: dict[str, Any] = {}

@@ -350,10 +350,11 @@ def indices_to_names(state_dict: Mapping[str, Any], names: list[str]) -> dict[st
 
 
 # ----------------------------------------------------------------------------- consolidation
-def consolidate(folder: str | Path, output: str | Path) -> Path:
+def consolidate(folder: str | Path, output: str | Path, *, weights_only: bool = True) -> Path:
     """Merge a sharded checkpoint folder into one ``torch.load``-able file (the format of a "full" checkpoint).
 
-    Runs in one process without a process group; needs memory for the whole checkpoint.
+    Runs in one process without a process group; needs memory for the whole checkpoint. With
+    ``weights_only`` (the default) nothing in the folder can run code while it is read.
 
     Example:
         >>> consolidate("checkpoints/step-100", "step-100.ckpt")  # doctest: +SKIP
@@ -364,10 +365,10 @@ def consolidate(folder: str | Path, output: str | Path) -> Path:
 
     folder = require_complete(folder, asked=f"consolidate({str(folder)!r})")
     output = Path(output)
-    meta, _, optimizer_keys = read_meta(folder)
+    meta, _, optimizer_keys = read_meta(folder, weights_only=weights_only)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        tensors = load_whole(folder)  # metadata and non-tensor entries read safely (weights_only)
+        tensors = load_whole(folder, weights_only=weights_only)
     except CheckpointException as error:
         raise _own_error(error) from None
     for key in optimizer_keys:
