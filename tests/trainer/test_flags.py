@@ -361,3 +361,11 @@ def test_bad_legacy_values(tmp_path, flags, message):
 def test_val_check_interval_longer_than_the_epoch(tmp_path):
     with pytest.raises(ConfigurationError, match=r"val_check_interval=10\) is more than the 2 training batches"):
         quiet_trainer(tmp_path, val_check_interval=10).fit(Regressor(), loader(8, 4), loader(8, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
+def test_log_gpu_memory_logs_cuda_memory(tmp_path):
+    with pytest.warns(DeprecationWarning):
+        trainer = quiet_trainer(tmp_path, accelerator="cuda", max_steps=2, log_gpu_memory="min_max", log_every_n_steps=1)
+    trainer.fit(Regressor(), loader(8, 4))
+    assert trainer.logged_metrics["max_gpu_mem"] >= trainer.logged_metrics["min_gpu_mem"] > 0
