@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "scripts" / "slurm-local.sh"
 TRAIN = Path(__file__).parent / "_scripts" / "slurm_train.py"
+PREEMPT = Path(__file__).parent / "_scripts" / "preempt_train.py"
 PY = sys.executable
 
 pytestmark = [
@@ -156,6 +157,65 @@ def test_example_sbatch_script_trains_digits(slurm_env, tmp_path):
     assert "2 nodes (node[1-2]), 4 tasks" in output
     # fabric.print prints once per machine: both nodes report the same (all-reduced) accuracy
     assert output.count("(target > 0.90: PASSED)") == 2, output
+
+
+# ------------------------------------------------------------------------------------ preemption
+def job_state(job: str, env) -> dict[str, str]:
+    shown = run(["scontrol", "show", "job", "-o", job], env, timeout=30).stdout
+    return dict(field.split("=", 1) for field in shown.split() if "=" in field)
+
+
+def test_preempted_job_checkpoints_requeues_itself_and_resumes_exactly(slurm_env, tmp_path):
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    ckpt.mkdir(), out.mkdir()
+    script = tmp_path / "job.sh"
+    script.write_text(f"""#!/bin/bash
+#SBATCH -N2 --ntasks-per-node=2 --time=5 --requeue --open-mode=append -o {tmp_path}/job.out
+echo "attempt ${{SLURM_RESTART_COUNT:-0}}"
+srun --kill-on-bad-exit=1 {PY} {PREEMPT} {ckpt} {out} --slow-first-attempt
+""")
+    job = run(["sbatch", "--parsable", str(script)], slurm_env, timeout=60).stdout.strip()
+    assert job.isdigit(), job
+    # The uninterrupted run, under fabric-run on 4 processes, meanwhile (the requeue waits ~11 s anyway).
+    ref_ckpt, ref_out = tmp_path / "ref_ckpt", tmp_path / "ref_out"
+    ref_ckpt.mkdir(), ref_out.mkdir()
+    reference = subprocess.Popen([PY, "-m", "fabric_lite.cli", "--accelerator", "cpu", "--devices", "4", str(PREEMPT),
+                                  str(ref_ckpt), str(ref_out)], env=slurm_env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+    try:
+        # Preempt once the first attempt is training (0.1 s a step: 60 steps leave time for the signal).
+        progress, deadline = out / "progress-0", time.monotonic() + 240
+        while time.monotonic() < deadline and not (progress.exists() and int(progress.read_text() or 0) >= 3):
+            time.sleep(0.2)
+        signalled = run(["scancel", "--signal=USR1", job], slurm_env, timeout=30)  # to every task of the job's steps
+        assert signalled.returncode == 0, signalled.stderr
+        deadline, state = time.monotonic() + 300, {}
+        while time.monotonic() < deadline:
+            state = job_state(job, slurm_env)
+            if state.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+                break
+            time.sleep(0.5)
+        log = (tmp_path / "job.out").read_text()
+        assert (state.get("JobState"), state.get("Restarts")) == ("COMPLETED", "1"), f"{state}\n{log}"
+    finally:
+        ref_log, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, ref_log
+
+    # every rank stopped, and saved, at the same step; one checkpoint of that step
+    stops = {int((out / f"stop-rank{r}").read_text()) for r in range(4)}
+    assert len(stops) == 1, stops
+    stop = stops.pop()
+    assert 3 <= stop < 60 and sorted(p.name for p in ckpt.iterdir()) == [f"step-{stop}.ckpt"]
+    assert "attempt 0" in log and "attempt 1" in log and f"requeued SLURM job {job}" in log
+    assert log.count("received SIGUSR1") == 4  # each rank got the signal itself
+    # the requeued run resumed there, and ended where the uninterrupted run ended, bit for bit
+    resumed = [json.loads((out / f"attempt1-rank{r}.json").read_text()) for r in range(4)]
+    uninterrupted = [json.loads((ref_out / f"attempt0-rank{r}.json").read_text()) for r in range(4)]
+    for r in resumed:
+        assert (r["environment"], r["world_size"], r["job"], r["attempt"]) == ("slurm", 4, job, 1)
+        assert (r["start"], r["resumed_from"], r["stopped_at"]) == (stop, f"step-{stop}.ckpt", None)
+        assert r["weights"] == uninterrupted[0]["weights"]
+    assert uninterrupted[0]["environment"] == "torchelastic" and uninterrupted[0]["stopped_at"] is None
 
 
 # ------------------------------------------------------------------------------------ misconfigurations
