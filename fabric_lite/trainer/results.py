@@ -79,6 +79,7 @@ class Results:
         self.batch: Any = None
         self._metrics: dict[str, dict[str, _Metric]] = {}
         self.enabled = True
+        self.suffix = ""  # "/dataloader_idx_<i>" while one of several evaluation loaders runs
 
     # ------------------------------------------------------------------------------ recording
     def log(
@@ -108,6 +109,7 @@ class Results:
                 f"Fix: use on_step=False, on_epoch=True there."
             )
         tensor = _to_tensor(name, value, self.fabric.device)
+        name = name + self.suffix
         if batch_size is None:
             batch_size = batch_size_of(self.batch) if in_step else 1
         stage_metrics = self._metrics.setdefault(self.stage, {})

@@ -272,6 +272,7 @@ class Trainer:
         self._epoch_rng: dict[str, Any] | None = None
         self._tuner: Any = None
         self._in_fit = False
+        self._tuning = False
 
     # ------------------------------------------------------------------------------ read-only views
     @property
@@ -385,6 +386,37 @@ class Trainer:
         self._check_data("fit", train_dataloaders, datamodule)
         return self._launch("_fit_impl", model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
 
+    def tune(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
+             datamodule: LightningDataModule | None = None, scale_batch_size_kwargs: dict[str, Any] | None = None,
+             lr_find_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run the tuner (``trainer.tuner``): the batch-size scaler when ``auto_scale_batch_size`` is set, the LR finder
+        when ``lr_find_kwargs`` is given. ``fit`` calls this first when ``auto_scale_batch_size`` is set.
+
+        The tuner is ``fabric_lite.trainer.tuner.Tuner(trainer)``; it calls
+        ``scale_batch_size(model, train_dataloaders=, val_dataloaders=, datamodule=, mode=, **scale_batch_size_kwargs)``
+        and ``lr_find(model, train_dataloaders=, val_dataloaders=, datamodule=, **lr_find_kwargs)``, and may use
+        :meth:`save_checkpoint` / :meth:`restore_checkpoint` and nested :meth:`fit` calls (they do not tune again).
+        """
+        tuner = self.tuner
+        if tuner is None:
+            raise UsageError(
+                f"Trainer(auto_scale_batch_size={self.auto_scale_batch_size!r}) / trainer.tune() needs the tuner "
+                f"(fabric_lite.trainer.tuner), which this installation does not have. Fix: drop the flag, or "
+                f"install a fabric_lite version that ships fabric_lite.trainer.tuner."
+            )
+        data = {"train_dataloaders": train_dataloaders, "val_dataloaders": val_dataloaders, "datamodule": datamodule}
+        result: dict[str, Any] = {}
+        self._tuning = True
+        try:
+            if self.auto_scale_batch_size:
+                result["scale_batch_size"] = tuner.scale_batch_size(
+                    model, mode=self.auto_scale_batch_size, **data, **(scale_batch_size_kwargs or {}))
+            if lr_find_kwargs is not None:
+                result["lr_find"] = tuner.lr_find(model, **data, **lr_find_kwargs)
+        finally:
+            self._tuning = False
+        return result
+
     def validate(self, model: LightningModule | None = None, dataloaders: Any = None, ckpt_path: Any = None,
                  verbose: bool = True, datamodule: LightningDataModule | None = None) -> list[dict[str, float]]:
         """Run the validation loop once; returns one dict of epoch metrics per dataloader."""
@@ -483,21 +515,13 @@ class Trainer:
     # ------------------------------------------------------------------------------ fit
     def _fit_impl(self, model: LightningModule, train_dataloaders: Any, val_dataloaders: Any,
                   datamodule: LightningDataModule | None, ckpt_path: Any) -> None:
+        if self.auto_scale_batch_size and not self._tuning:
+            self.tune(model, train_dataloaders, val_dataloaders, datamodule)  # its trial fits run in here too
         self._attach(model, datamodule, "fit")
-        self._in_fit = True
+        was_in_fit, self._in_fit = self._in_fit, True
         self.should_stop = False
         self._merge_model_callbacks(model)
         self._prepare_and_setup("fit")
-        if self.auto_scale_batch_size:
-            tuner = self.tuner
-            if tuner is None:
-                raise UsageError(
-                    f"Trainer(auto_scale_batch_size={self.auto_scale_batch_size!r}) needs the batch-size tuner "
-                    f"(fabric_lite.trainer.tuner), which this installation does not have. Fix: drop the flag, or "
-                    f"install a fabric_lite version that ships fabric_lite.trainer.tuner."
-                )
-            tuner.scale_batch_size(model, datamodule=datamodule, train_dataloaders=train_dataloaders,
-                                   mode=self.auto_scale_batch_size)
         self._setup_model(model, with_optimizers=True)
         train_loader = train_dataloaders if train_dataloaders is not None else self._source("train_dataloader")
         if train_loader is None:
@@ -534,7 +558,7 @@ class Trainer:
             self._on_exception(error)
             raise
         finally:
-            self._in_fit = False
+            self._in_fit = was_in_fit
         self._finalize_loggers("success")
         self.stage = None
 
@@ -847,6 +871,8 @@ class Trainer:
         several = len(loaders) > 1
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             extra = (dataloader_idx,) if several else ()
+            # Several loaders: each one's metrics are kept apart as "<name>/dataloader_idx_<i>" (Lightning's names).
+            self._results.suffix = f"/dataloader_idx_{dataloader_idx}" if several else ""
             with grad_context():
                 for batch_idx, batch in enumerate(loader):
                     if batch_idx >= limit:
@@ -857,9 +883,12 @@ class Trainer:
                     out = self._call_step(f"{prefix}_step" if prefix == "test" else "validation_step", batch, batch_idx, *extra)
                     self._call_hook(f"on_{prefix}_batch_end", out, batch, batch_idx, *extra)
             self._results.batch = None
+        self._results.suffix = ""
         self._call_hook(f"on_{prefix}_epoch_end")
         logged, bar = self._results.epoch_values(stage=stage)
-        outputs.append(dict(logged))
+        for dataloader_idx in range(len(loaders)):
+            tag = f"/dataloader_idx_{dataloader_idx}"
+            outputs.append({k: v for k, v in logged.items() if not several or k.endswith(tag) or "/dataloader_idx_" not in k})
         if log and logged:
             self._log_metrics({**logged, "epoch": self.current_epoch} if stage == "validate" else logged)
         if log:

@@ -295,7 +295,7 @@ def test_log_gpu_memory_stochastic_weight_avg_and_auto_scale_batch_size(tmp_path
     assert any(isinstance(c, StochasticWeightAveraging) for c in trainer.callbacks)
     assert trainer.auto_scale_batch_size == "binsearch"
     if trainer.tuner is None:
-        with pytest.raises(UsageError, match=r"auto_scale_batch_size='binsearch'\) needs the batch-size tuner"):
+        with pytest.raises(UsageError, match=r"auto_scale_batch_size='binsearch'\) / trainer.tune\(\) needs the tuner"):
             trainer.fit(Regressor(), loader(8, 4))
 
 

@@ -263,3 +263,36 @@ def test_datamodule_drives_every_stage(tmp_path):
         trainer.fit(model, loader(4), datamodule=dm)
     with pytest.raises(ConfigurationError, match="found no training data"):
         trainer.fit(model)
+
+
+def test_several_validation_loaders_keep_their_metrics_apart(tmp_path):
+    seen: list[int] = []
+
+    class Two(Regressor):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            seen.append(dataloader_idx)
+            self.log("x_mean", batch[0][:, 0].mean())
+
+    small, large = loader(4, 4, seed=1), loader(8, 4, seed=2)
+    results = quiet_trainer(tmp_path).validate(Two(), [small, large], verbose=False)
+    assert seen == [0, 1, 1]
+    assert results[0] == {"x_mean/dataloader_idx_0": pytest.approx(float(small.dataset.tensors[0][:, 0].mean()))}
+    assert results[1] == {"x_mean/dataloader_idx_1": pytest.approx(float(large.dataset.tensors[0][:, 0].mean()))}
+
+
+def test_on_train_batch_start_minus_one_ends_the_epoch_and_configure_callbacks(tmp_path):
+    from trainer_helpers import Counter
+
+    counter = Counter()
+
+    class Short(Regressor):
+        def on_train_batch_start(self, batch, batch_idx):
+            return -1 if batch_idx == 1 else None
+
+        def configure_callbacks(self):
+            return [counter]
+
+    trainer = quiet_trainer(tmp_path, max_epochs=3)
+    trainer.fit(Short(), loader(16, 4))
+    assert (trainer.global_step, counter.train_batches, counter.epochs) == (3, 3, 3)  # one batch per epoch
+    assert counter in trainer.callbacks
