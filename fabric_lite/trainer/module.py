@@ -39,7 +39,10 @@ class AttributeDict(dict):
         try:
             return self[key]
         except KeyError as error:
-            raise AttributeError(f"hparams has no {key!r}; it has: {', '.join(self) or 'nothing'}") from error
+            raise AttributeError(
+                f"hparams has no {key!r}; it has: {', '.join(self) or 'nothing'}. "
+                f"Fix: pass it to __init__ and call self.save_hyperparameters(), or read one of those."
+            ) from error
 
     def __setattr__(self, key: str, value: Any) -> None:
         self[key] = value

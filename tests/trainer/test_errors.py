@@ -120,3 +120,27 @@ def test_an_endless_loader_runs_to_max_steps(tmp_path):
     trainer = quiet_trainer(tmp_path, max_steps=3)
     trainer.fit(Regressor(), DataLoader(Endless(), batch_size=2))
     assert trainer.global_step == 3 and trainer.num_training_batches == float("inf")
+
+
+def test_every_raise_in_the_trainer_names_a_fix_or_the_choices():
+    """Static check over fabric_lite/trainer: each error message built in place says 'Fix:' or lists the choices."""
+    import ast
+    from pathlib import Path
+
+    import fabric_lite.trainer as package
+
+    missing = []
+    for path in Path(package.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args):
+                continue
+            func = node.exc.func
+            if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")) == "bad":
+                continue  # flags.bad(flag, value, why, fix) always writes "Fix: <fix>"
+            texts = [n.value for n in ast.walk(node.exc.args[0]) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+            if not texts:
+                continue  # a helper builds the message (flags.bad adds "Fix:", choices_error lists the choices)
+            joined = "".join(texts)
+            if "Fix:" not in joined and "Choose one of" not in joined:
+                missing.append(f"{path.name}:{node.lineno}: {joined[:80]}")
+    assert not missing, "\n".join(missing)
