@@ -16,15 +16,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from fabric_lite.errors import CheckpointError, ConfigurationError, UsageError
+from fabric_lite.errors import ConfigurationError, UsageError
 from fabric_lite.fabric import Fabric
+from fabric_lite.trainer import checkpointing
 from fabric_lite.trainer import flags as F
 from fabric_lite.trainer.callbacks.base import Callback
 from fabric_lite.trainer.datamodule import LightningDataModule
 from fabric_lite.trainer.module import LightningModule
 from fabric_lite.trainer.optimizers import LRSchedulerConfig, loss_of, parse_optimizers
 from fabric_lite.trainer.results import Results
-from fabric_lite.trainer.states import get_rng, is_plain, set_rng
+from fabric_lite.trainer.states import get_rng, set_rng
 from fabric_lite.utilities.rank_zero import rank_zero_warn
 
 STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
@@ -1024,116 +1025,21 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:
-        """Write model, optimizers, schedulers, counters, RNG and callback states with ``fabric.save`` (atomic).
+        """Write model, optimizers, schedulers, counters, RNG, loader position and callback states (``fabric.save``, atomic).
 
         Every process must call it (a collective). The tuner and resume use :meth:`restore_checkpoint`.
         """
-        if self._fabric_model is None:
-            raise UsageError("trainer.save_checkpoint(path) was called before any run set a model up. Fix: call it after trainer.fit(...).")
-        state: dict[str, Any] = {"model": self._fabric_model}
-        extra: dict[str, Any] = {
-            "epoch": self.current_epoch,
-            "global_step": self.global_step,
-            "fabric_lite_trainer": 1,
-        }
-        if not weights_only:
-            for index, optimizer in enumerate(self.optimizers):
-                state[f"optimizer_{index}"] = optimizer
-            if self._in_fit and callable(getattr(self.train_dataloader, "state_dict", None)):
-                state["train_dataloader"] = self.train_dataloader  # its position, epoch and random state
-            extra["lr_schedulers"] = [config.scheduler.state_dict() for config in self.lr_scheduler_configs]
-            extra["loops"] = {
-                "phase": self._phase,
-                "batches_done": getattr(self, "_batches_done", 0) if self._phase in ("in_epoch", "batch_done") else 0,
-                "total_batch_idx": self._total_batch_idx,
-                "epoch_rng": self._epoch_rng,
-                "rng": get_rng(),
-            }
-            extra["callbacks"] = {c.state_key: c.state_dict() for c in self.callbacks}
-            if self.datamodule is not None:
-                extra["datamodule"] = self.datamodule.state_dict()
-        model = self.lightning_module
-        if model is not None:
-            extra["hyper_parameters"] = {k: v for k, v in dict(model.hparams).items() if is_plain(v)}
-            self._call_hook("on_save_checkpoint", extra)
-        self.fabric.save(filepath, {**state, **extra})
+        checkpointing.save_checkpoint(self, filepath, weights_only)
 
     def restore_checkpoint(self, filepath: str | os.PathLike[str]) -> None:
         """Load a checkpoint written by :meth:`save_checkpoint` into the running model, optimizers and Trainer state."""
-        self._restore(os.fspath(filepath), training=bool(self.optimizers))
+        checkpointing.restore(self, os.fspath(filepath), training=bool(self.optimizers))
 
     def _resolve_ckpt_path(self, ckpt_path: Any, stage: str) -> str:
-        if ckpt_path in ("best", "last"):
-            callback = self.checkpoint_callback
-            path = getattr(callback, "best_model_path" if ckpt_path == "best" else "last_model_path", "") if callback else ""
-            if not path:
-                raise CheckpointError(
-                    f"Trainer.{stage}(ckpt_path={ckpt_path!r}) has no {ckpt_path} checkpoint to load: "
-                    + ("no ModelCheckpoint callback is configured" if callback is None else
-                       f"ModelCheckpoint saved none yet{' (save_last is off)' if ckpt_path == 'last' else ''}")
-                    + ". Fix: fit with ModelCheckpoint(" + ("save_last=True" if ckpt_path == "last" else "monitor=...") +
-                    ") first, pass a path, or ckpt_path=None to use the weights in memory."
-                )
-            return path
-        path = os.fspath(ckpt_path)
-        if not os.path.exists(path):
-            raise CheckpointError(
-                f"Trainer.{stage}(ckpt_path={path!r}): no such file or folder. Fix: pass the path of a checkpoint, 'best' or 'last'."
-            )
-        return path
+        return checkpointing.resolve_ckpt_path(self, ckpt_path, stage)
 
     def _restore(self, path: str, *, training: bool) -> None:
-        state: dict[str, Any] = {"model": self._fabric_model}
-        if training:
-            for index, optimizer in enumerate(self.optimizers):
-                state[f"optimizer_{index}"] = optimizer
-        remainder = self.fabric.load(path, state, strict=training)
-        model = self.lightning_module
-        for callback in self.callbacks:
-            callback.on_load_checkpoint(self, model, remainder)
-        if model is not None:
-            model.on_load_checkpoint(remainder)
-        if not training:
-            return
-        if "fabric_lite_trainer" not in remainder:
-            raise CheckpointError(
-                f"Trainer.fit(ckpt_path={path!r}) needs a checkpoint written by the Trainer (trainer.save_checkpoint or "
-                f"ModelCheckpoint), but this one has no Trainer state. Fix: load its weights with fabric.load and fit from scratch."
-            )
-        schedulers = remainder.get("lr_schedulers", [])
-        for config, scheduler_state in zip(self.lr_scheduler_configs, schedulers):
-            config.scheduler.load_state_dict(scheduler_state)
-        callback_states = remainder.get("callbacks", {})
-        for callback in self.callbacks:
-            if callback.state_key in callback_states:
-                callback.load_state_dict(callback_states[callback.state_key])
-        if self.datamodule is not None and "datamodule" in remainder:
-            self.datamodule.load_state_dict(remainder["datamodule"])
-        self.current_epoch = int(remainder["epoch"])
-        self.global_step = int(remainder["global_step"])
-        loops = remainder.get("loops") or {}
-        self._total_batch_idx = int(loops.get("total_batch_idx", 0))
-        phase = loops.get("phase", "epoch_done")
-        if phase in ("in_epoch", "batch_done") and loops.get("batches_done", 0) == 0:
-            phase = "epoch_done"
-        done = int(loops.get("batches_done", 0))
-        loader_state = remainder.get("train_dataloader")
-        loader_continues = False
-        if phase in ("in_epoch", "batch_done") and 0 < done < self.num_training_batches and loader_state is not None \
-                and callable(getattr(self.train_dataloader, "load_state_dict", None)):
-            self.train_dataloader.load_state_dict(loader_state)  # the next iter continues the epoch exactly
-            loader_continues = True
-        elif phase in ("in_epoch", "batch_done") and 0 < done < self.num_training_batches and self.world_size > 1:
-            rank_zero_warn(
-                "Resuming mid-epoch with a loader that keeps no state: the batches already trained are skipped, but a "
-                "distributed sampler restarts its shuffling epochs from 0, so the order may differ from the original run."
-            )
-        self._resume = None if phase == "epoch_done" else {
-            "phase": phase, "batches_done": done, "loader_continues": loader_continues,
-            "epoch_rng": loops.get("epoch_rng"), "rng": loops.get("rng"),
-        }
-        if phase == "epoch_done" and loops.get("rng") is not None:
-            set_rng(loops["rng"])
+        checkpointing.restore(self, path, training=training)
 
 
 def _run_spawned(fabric: Fabric, trainer: Trainer, method: str, args: tuple[Any, ...]) -> Any:

@@ -1,0 +1,129 @@
+"""Trainer checkpoints: what ``save_checkpoint`` writes (through ``fabric.save``) and how fit resumes from it.
+
+A checkpoint holds the model, optimizers, schedulers, epoch and step, the loop's phase (mid-epoch,
+validation due, epoch end), random states, the set-up training loader's position, and the callbacks'
+and data module's states. Plain values only, so ``fabric.load`` reads it with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from fabric_lite.errors import CheckpointError, UsageError
+from fabric_lite.trainer.states import get_rng, is_plain, set_rng
+from fabric_lite.utilities.rank_zero import rank_zero_warn
+
+if TYPE_CHECKING:
+    from fabric_lite.trainer.trainer import Trainer
+
+
+def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:
+    """Write model, optimizers, schedulers, counters, RNG and callback states with ``fabric.save`` (atomic).
+
+    Every process must call it (a collective). The tuner and resume use :meth:`restore_checkpoint`.
+    """
+    if trainer._fabric_model is None:
+        raise UsageError("trainer.save_checkpoint(path) was called before any run set a model up. Fix: call it after trainer.fit(...).")
+    state: dict[str, Any] = {"model": trainer._fabric_model}
+    extra: dict[str, Any] = {
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "fabric_lite_trainer": 1,
+    }
+    if not weights_only:
+        for index, optimizer in enumerate(trainer.optimizers):
+            state[f"optimizer_{index}"] = optimizer
+        if trainer._in_fit and callable(getattr(trainer.train_dataloader, "state_dict", None)):
+            state["train_dataloader"] = trainer.train_dataloader  # its position, epoch and random state
+        extra["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+        extra["loops"] = {
+            "phase": trainer._phase,
+            "batches_done": getattr(trainer, "_batches_done", 0) if trainer._phase in ("in_epoch", "batch_done") else 0,
+            "total_batch_idx": trainer._total_batch_idx,
+            "epoch_rng": trainer._epoch_rng,
+            "rng": get_rng(),
+        }
+        extra["callbacks"] = {c.state_key: c.state_dict() for c in trainer.callbacks}
+        if trainer.datamodule is not None:
+            extra["datamodule"] = trainer.datamodule.state_dict()
+    model = trainer.lightning_module
+    if model is not None:
+        extra["hyper_parameters"] = {k: v for k, v in dict(model.hparams).items() if is_plain(v)}
+        trainer._call_hook("on_save_checkpoint", extra)
+    trainer.fabric.save(filepath, {**state, **extra})
+
+
+def resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, stage: str) -> str:
+    if ckpt_path in ("best", "last"):
+        callback = trainer.checkpoint_callback
+        path = getattr(callback, "best_model_path" if ckpt_path == "best" else "last_model_path", "") if callback else ""
+        if not path:
+            raise CheckpointError(
+                f"Trainer.{stage}(ckpt_path={ckpt_path!r}) has no {ckpt_path} checkpoint to load: "
+                + ("no ModelCheckpoint callback is configured" if callback is None else
+                   f"ModelCheckpoint saved none yet{' (save_last is off)' if ckpt_path == 'last' else ''}")
+                + ". Fix: fit with ModelCheckpoint(" + ("save_last=True" if ckpt_path == "last" else "monitor=...") +
+                ") first, pass a path, or ckpt_path=None to use the weights in memory."
+            )
+        return path
+    path = os.fspath(ckpt_path)
+    if not os.path.exists(path):
+        raise CheckpointError(
+            f"Trainer.{stage}(ckpt_path={path!r}): no such file or folder. Fix: pass the path of a checkpoint, 'best' or 'last'."
+        )
+    return path
+
+
+def restore(trainer: Trainer, path: str, *, training: bool) -> None:
+    state: dict[str, Any] = {"model": trainer._fabric_model}
+    if training:
+        for index, optimizer in enumerate(trainer.optimizers):
+            state[f"optimizer_{index}"] = optimizer
+    remainder = trainer.fabric.load(path, state, strict=training)
+    model = trainer.lightning_module
+    for callback in trainer.callbacks:
+        callback.on_load_checkpoint(trainer, model, remainder)
+    if model is not None:
+        model.on_load_checkpoint(remainder)
+    if not training:
+        return
+    if "fabric_lite_trainer" not in remainder:
+        raise CheckpointError(
+            f"Trainer.fit(ckpt_path={path!r}) needs a checkpoint written by the Trainer (trainer.save_checkpoint or "
+            f"ModelCheckpoint), but this one has no Trainer state. Fix: load its weights with fabric.load and fit from scratch."
+        )
+    schedulers = remainder.get("lr_schedulers", [])
+    for config, scheduler_state in zip(trainer.lr_scheduler_configs, schedulers):
+        config.scheduler.load_state_dict(scheduler_state)
+    callback_states = remainder.get("callbacks", {})
+    for callback in trainer.callbacks:
+        if callback.state_key in callback_states:
+            callback.load_state_dict(callback_states[callback.state_key])
+    if trainer.datamodule is not None and "datamodule" in remainder:
+        trainer.datamodule.load_state_dict(remainder["datamodule"])
+    trainer.current_epoch = int(remainder["epoch"])
+    trainer.global_step = int(remainder["global_step"])
+    loops = remainder.get("loops") or {}
+    trainer._total_batch_idx = int(loops.get("total_batch_idx", 0))
+    phase = loops.get("phase", "epoch_done")
+    if phase in ("in_epoch", "batch_done") and loops.get("batches_done", 0) == 0:
+        phase = "epoch_done"
+    done = int(loops.get("batches_done", 0))
+    loader_state = remainder.get("train_dataloader")
+    loader_continues = False
+    if phase in ("in_epoch", "batch_done") and 0 < done < trainer.num_training_batches and loader_state is not None \
+            and callable(getattr(trainer.train_dataloader, "load_state_dict", None)):
+        trainer.train_dataloader.load_state_dict(loader_state)  # the next iter continues the epoch exactly
+        loader_continues = True
+    elif phase in ("in_epoch", "batch_done") and 0 < done < trainer.num_training_batches and trainer.world_size > 1:
+        rank_zero_warn(
+            "Resuming mid-epoch with a loader that keeps no state: the batches already trained are skipped, but a "
+            "distributed sampler restarts its shuffling epochs from 0, so the order may differ from the original run."
+        )
+    trainer._resume = None if phase == "epoch_done" else {
+        "phase": phase, "batches_done": done, "loader_continues": loader_continues,
+        "epoch_rng": loops.get("epoch_rng"), "rng": loops.get("rng"),
+    }
+    if phase == "epoch_done" and loops.get("rng") is not None:
+        set_rng(loops["rng"])
