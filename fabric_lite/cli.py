@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -97,6 +98,10 @@ def torchrun_argv(args: argparse.Namespace, nproc_per_node: int, port: int) -> l
         f"--master-addr={args.main_address}",
         f"--master-port={port}",
         f"--max-restarts={args.max_restarts}",
+        # torchrun passes these on to the workers and waits for them (the Preemption plugin saves, then exits).
+        # SIGUSR1, SLURM's usual early warning, is not among torch's defaults: it would kill torchrun and leave
+        # the workers (in sessions of their own) behind.
+        "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
     ]
     return [*argv, args.script, *args.script_args]
 
@@ -175,6 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # torchrun exits with the failing worker's code
         return int(exit_.code or 0)
     except Exception as error:
+        if type(error).__name__ == "SignalException":  # the workers got the signal too and have ended
+            number = int(getattr(error, "sigval", 0))
+            print(f"fabric-run: stopped by {signal.Signals(number).name}; the workers were sent the same signal.",
+                  file=sys.stderr, flush=True)
+            return 128 + number
         if type(error).__name__ != "ChildFailedError":
             raise
         # torch's own report: the first observed failure (rank, host, exit code or signal, traceback) first.

@@ -86,6 +86,9 @@ class MultiProcessLauncher:
             start_method=self.start_method,
             join=False,
         )
+        preemption = getattr(fabric, "_preemption", None)
+        if preemption is not None:  # a preemption signal sent to this parent reaches every rank (they decide)
+            preemption.forward_to([p.pid for p in processes.processes])
         try:
             while not processes.join():
                 pass

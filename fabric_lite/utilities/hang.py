@@ -27,8 +27,8 @@ from typing import Any
 ACK_WAIT_S = 1.0
 #: How often each rank's monitor looks for a timeout report (one store round trip).
 POLL_S = 0.1
-# Texts of the errors torch raises when a collective times out (gloo on CPU, the NCCL watchdog, c10d).
-_TIMEOUT_MARKERS = ("timed out", "timeout", "Watchdog caught collective operation")
+# Texts of the errors torch raises when a collective times out (gloo on CPU, the NCCL watchdog).
+_TIMEOUT_MARKERS = ("Timed out waiting", "Watchdog caught collective operation timeout")
 
 _state: dict[str, Any] = {}
 
@@ -38,8 +38,9 @@ def is_collective_timeout(error: BaseException) -> bool:
     import torch.distributed as dist
 
     text = str(error)
-    distributed = isinstance(error, (RuntimeError, dist.DistError)) or "torch.distributed" in type(error).__module__
-    return distributed and any(marker.lower() in text.lower() for marker in _TIMEOUT_MARKERS)
+    if isinstance(error, dist.DistError) and "timeout" in text.lower():
+        return True
+    return isinstance(error, RuntimeError) and any(marker in text for marker in _TIMEOUT_MARKERS)
 
 
 def _prefix() -> str:

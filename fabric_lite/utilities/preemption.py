@@ -11,6 +11,7 @@ through :meth:`Preemption.requeue`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shlex
 import signal
@@ -93,6 +94,19 @@ class Preemption:
         self._installed = True
         if global_rank == 0:
             atexit.register(self._requeue_at_exit)
+
+    def forward_to(self, pids: Sequence[int]) -> None:
+        """In a launching process that runs no rank itself (spawn): pass each signal on to the ranks' processes."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def forward(number: int, frame: Any) -> None:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, number)
+
+        for number in self.signals:
+            signal.signal(number, forward)
 
     def uninstall(self) -> None:
         """Restore the handlers that were there before :meth:`install`."""

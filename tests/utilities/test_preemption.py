@@ -50,19 +50,22 @@ def _wait_for(paths: list[Path], proc: subprocess.Popen, timeout: float = 120) -
         time.sleep(0.05)
 
 
-def _preempt(cmd: list[str], out: Path, env: dict[str, str], ranks: int, signal_rank: int, sig: int) -> str:
+def _preempt(cmd: list[str], out: Path, env: dict[str, str], ranks: int, signal_rank: int | None, sig: int,
+             returncode: int = 0) -> str:
+    """Send ``sig`` to one rank (``signal_rank=None``: to the launching process) once all ranks train."""
     out.mkdir(exist_ok=True)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for([out / f"pid{r}" for r in range(ranks)], proc)
     time.sleep(0.3)  # a few steps in
-    os.kill(int((out / f"pid{signal_rank}").read_text()), sig)
+    os.kill(proc.pid if signal_rank is None else int((out / f"pid{signal_rank}").read_text()), sig)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stdout + stderr
+    assert proc.returncode == returncode, stdout + stderr
     stopped = [json.loads((out / f"stopped{r}.json").read_text()) for r in range(ranks)]
     steps = {s["step"] for s in stopped}
     assert len(steps) == 1, f"ranks stopped at different steps: {stopped}"
-    assert stopped[signal_rank]["signal"] == signal.Signals(sig).name
-    assert f"rank {signal_rank} received {signal.Signals(sig).name}" in stderr
+    for rank in range(ranks) if signal_rank is None else [signal_rank]:
+        assert stopped[rank]["signal"] == signal.Signals(sig).name
+        assert f"rank {rank} received {signal.Signals(sig).name}" in stderr
     saved = torch.load(out / "last.ckpt", weights_only=True)
     assert saved["step"] == steps.pop() > 0
     return stderr
@@ -114,6 +117,19 @@ def test_two_ranks_stop_at_the_same_step(launcher, signal_rank, sig, tmp_path):
     assert (tmp_path / "scontrol.log").read_text().splitlines() == ["requeue 4242"], "rank 0 requeues exactly once"
     if launcher in ("subprocess", "fabric-run"):
         _resume(cmd, out, env, ranks=2)
+
+
+@pytest.mark.parametrize(("launcher", "returncode"), [("fabric-run", 128 + signal.SIGUSR1), ("spawn", 0)])
+def test_signal_to_the_launching_process_reaches_every_rank(launcher, returncode, tmp_path):
+    """fabric-run (torchrun) and the spawn parent pass the signal on; no worker is left behind."""
+    out, env = tmp_path / "out", _env(tmp_path)
+    stderr = _preempt(command(launcher, SCRIPT, str(out)), out, env, ranks=2, signal_rank=None, sig=signal.SIGUSR1,
+                      returncode=returncode)
+    if launcher == "fabric-run":
+        assert "fabric-run: stopped by SIGUSR1; the workers were sent the same signal." in stderr
+    pids = [int((out / f"pid{r}").read_text()) for r in range(2)]
+    assert not [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text()
+                .rsplit(")", 1)[1].split()[0]], "a worker outlived the launcher"
 
 
 def test_second_identical_signal_ends_the_process(tmp_path):

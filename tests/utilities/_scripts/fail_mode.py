@@ -20,8 +20,9 @@ def hung_rank_waits_here():
 
 def run(fabric, out_dir, mode, bad_rank):
     rank = fabric.global_rank
-    with open(os.path.join(out_dir, f"pid{rank}"), "w") as handle:
+    with open(os.path.join(out_dir, f".pid{rank}"), "w") as handle:
         handle.write(str(os.getpid()))
+    os.replace(os.path.join(out_dir, f".pid{rank}"), os.path.join(out_dir, f"pid{rank}"))  # never read half-written
     fabric.barrier()
     if rank == bad_rank:
         if mode == "hang":
