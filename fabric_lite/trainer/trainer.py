@@ -87,36 +87,8 @@ class Trainer:
         special = F.translate_legacy(given, legacy, valid)
         self._flags = given
         g = given
-        F.check_int("num_nodes", g["num_nodes"], 1)
-        F.check_int("max_epochs", g["max_epochs"], -1, allow_none=True, example="10")
-        F.check_int("min_epochs", g["min_epochs"], 0, allow_none=True)
-        F.check_int("max_steps", g["max_steps"], -1, example="1000")
-        F.check_int("min_steps", g["min_steps"], 0, allow_none=True)
-        F.check_int("accumulate_grad_batches", g["accumulate_grad_batches"], 1, example="4")
-        F.check_int("num_sanity_val_steps", g["num_sanity_val_steps"], -1, allow_none=True, example="2")
-        F.check_int("log_every_n_steps", g["log_every_n_steps"], 1, allow_none=True, example="50")
-        F.check_int("check_val_every_n_epoch", g["check_val_every_n_epoch"], 1, allow_none=True)
-        for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches", "overfit_batches"):
-            F.check_fraction_or_count(name, g[name])
-        if g["gradient_clip_val"] is not None and (
-            not isinstance(g["gradient_clip_val"], (int, float)) or isinstance(g["gradient_clip_val"], bool) or g["gradient_clip_val"] < 0
-        ):
-            raise F.bad("gradient_clip_val", g["gradient_clip_val"], "is not a number >= 0",
-                        "pass e.g. gradient_clip_val=0.5 (0 or None: no clipping).")
-        if g["gradient_clip_algorithm"] is not None:
-            F.check_choice("gradient_clip_algorithm", g["gradient_clip_algorithm"], F.GRADIENT_CLIP_ALGORITHMS)
-        if g["deterministic"] is not None:
-            F.check_choice("deterministic", g["deterministic"], F.DETERMINISTIC)
-        vci = g["val_check_interval"]
-        if vci is not None and not (
-            (F.is_int(vci) and vci >= 1) or (isinstance(vci, float) and 0.0 < vci <= 1.0)
-        ):
-            raise F.bad("val_check_interval", vci, "is neither a fraction of an epoch in (0.0, 1.0] nor a number of batches >= 1",
-                        "pass e.g. val_check_interval=0.25 (four times per epoch) or val_check_interval=100 (every 100 batches).")
-        fdr = g["fast_dev_run"]
-        if not (isinstance(fdr, bool) or (F.is_int(fdr) and fdr >= 0)):
-            raise F.bad("fast_dev_run", fdr, "is neither a bool nor a number of batches",
-                        "pass fast_dev_run=True (one batch) or an int such as fast_dev_run=3.")
+        F.check_values(g)
+        vci, fdr = g["val_check_interval"], g["fast_dev_run"]
 
         # ---------------------------------------------------------------- older spellings that need more than a rename
         accelerator, devices = F.resolve_gpus(special.get("gpus"), bool(special.get("auto_select_gpus", False)),
