@@ -187,6 +187,8 @@ class Trainer:
                                   "precision": precision, "plugins": plugins, "loggers": loggers}
         self.fabric = Fabric(**self._fabric_arguments)
         self._spawned = False
+        plan = self.fabric.plan
+        self._unscale_before_step = plan.precision == "16-mixed" and not str(plan.strategy).startswith("deepspeed")
         callbacks = [] if callbacks is None else callbacks
         self.callbacks: list[Callback] = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         for callback in self.callbacks:
@@ -769,6 +771,10 @@ class Trainer:
             model.backward(scaled)
             self._call_hook("on_after_backward")
         if boundary:
+            if self._unscale_before_step:
+                # As in Lightning, hooks see unscaled gradients under a GradScaler: clipping at an infinite norm
+                # unscales them (once per step; the real clipping after the hook does not unscale again).
+                self.fabric.clip_gradients(fabric_model, optimizer, max_norm=float("inf"), error_if_nonfinite=False)
             self._call_hook("on_before_optimizer_step", optimizer)
             self._call_module("configure_gradient_clipping", optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
             model.optimizer_step(self.current_epoch, batch_idx, optimizer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -282,6 +283,19 @@ def test_track_grad_norm_logs_the_p_norm_of_the_gradients(tmp_path):
         assert logged["grad_2.0_norm_total"] == pytest.approx(float(grads.norm()), rel=1e-5)
     assert set(monitor.history[0]) == {"grad_2.0_norm/layer.weight", "grad_2.0_norm/layer.bias", "grad_2.0_norm_total"}
     assert trainer.logged_metrics["grad_2.0_norm_total"] == pytest.approx(monitor.history[-1]["grad_2.0_norm_total"])
+
+
+def test_gradient_norms_are_unscaled_under_16_mixed(tmp_path):
+    norms = {}
+    for precision in ("32-true", "16-mixed"):
+        monitor = GradNormMonitor(norm_type=2)
+        # lr=0: the same gradient every step; the GradScaler skips its first steps (inf) while it backs off
+        quiet_trainer(tmp_path, max_steps=12, precision=precision, callbacks=[monitor]).fit(Regressor(lr=0.0), loader(8, 8))
+        norms[precision] = [h["grad_2.0_norm_total"] for h in monitor.history]
+    finite = [n for n in norms["16-mixed"] if math.isfinite(n)]
+    assert finite, norms
+    for norm in finite:  # not multiplied by the loss scale
+        assert norm == pytest.approx(norms["32-true"][0], rel=2e-2)
 
 
 def test_log_gpu_memory_stochastic_weight_avg_and_auto_scale_batch_size(tmp_path):
