@@ -254,8 +254,9 @@ class XLAStrategy(Strategy):
         validate_reduce_op(reduce_op)
         op = reduce_op.lower() if isinstance(reduce_op, str) else str(reduce_op).rsplit(".", 1)[-1].lower()
         if op not in _XM_OPS:
+            asked = repr(reduce_op) if isinstance(reduce_op, str) else f"ReduceOp.{op.upper()}"
             raise ConfigurationError(
-                f"all_reduce(reduce_op={reduce_op!r}) has no torch_xla equivalent. Choose one of: {', '.join(_XM_OPS)}."
+                f"all_reduce(reduce_op={asked}) has no torch_xla equivalent. Choose one of: {', '.join(_XM_OPS)}."
             )
         import torch_xla.core.xla_model as xm
 

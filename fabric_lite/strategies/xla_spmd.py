@@ -37,7 +37,7 @@ class XLASPMDStrategy(Strategy):
         fsdp: shard parameters too (FSDPv2, ``strategy="xla_fsdp"``); ``False`` replicates them
             (``strategy="xla_spmd"``).
         auto_wrap_policy: FSDPv2 only: wrap sub-modules separately (torch_xla's ``auto_wrap_policy``).
-        num_nodes: must be 1 (a multi-host mesh is not supported here).
+        num_nodes: must be 1 (a multi-host mesh is not supported here; the plan refuses more).
 
     Example:
         >>> XLASPMDStrategy(fsdp=True).name
@@ -93,11 +93,6 @@ class XLASPMDStrategy(Strategy):
         import torch_xla.distributed.spmd as xs
         import torch_xla.runtime as xr
 
-        if self.num_nodes != 1:
-            raise ConfigurationError(
-                f"Fabric(strategy={self.name!r}, num_nodes={self.num_nodes}): this SPMD strategy builds a mesh of one "
-                f"host's devices. Fix: num_nodes=1 (or strategy='xla' for one replica per device across hosts)."
-            )
         if not xr.is_spmd():  # once per process; a second call only warns
             xr.use_spmd()
         count = xr.global_runtime_device_count()

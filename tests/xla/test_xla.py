@@ -1,8 +1,8 @@
 """XLA on XLA's CPU device (PJRT_DEVICE=CPU), for real: run by scripts/test-xla.sh in a torch 2.9 + torch_xla 2.9 venv.
 
-The XLA runtime is configured once per process (device count, SPMD mode), so each scenario of
-_scripts/xla_checks.py runs in a process of its own; the four start together and each test reads
-the JSON its scenario wrote. What runs: one device (single_xla, bf16-true, save/load), SPMD over
+The XLA runtime is configured once per process (device count, SPMD mode), so the scenarios of
+_scripts/xla_checks.py run in three processes (grouped by their XLA settings) that start together;
+each test reads the JSON its scenario wrote. What runs: one device (single_xla, bf16-true, save/load), SPMD over
 two CPU devices (xla_spmd, xla_fsdp = FSDPv2), the xla strategy through torch_xla.launch with one
 replica (training and every collective) and with two (launch, ranks, sampler shards, a local
 backward). What does not: a collective between two XLA CPU replicas (see the skipped test).
@@ -31,8 +31,10 @@ pytestmark = [
 ]
 
 SCRIPT = str(Path(__file__).parent / "_scripts" / "xla_checks.py")
-# scenario -> CPU_NUM_DEVICES (None: unset, one device)
-SCENARIOS = {"single": None, "spmd": "2", "launch1": None, "launch2": "2"}
+# processes: (scenarios run one after the other in it, CPU_NUM_DEVICES or None for one device). One replica of
+# strategy="xla" runs in the launching process, so launch1 shares the single-device process; launch2 and
+# launch_dies each start a fresh replica process from a parent that never touches an XLA device.
+PROCESSES = {"single": (("single", "launch1"), None), "spmd": (("spmd",), "2"), "launch2": (("launch2", "launch_dies"), "2")}
 TIMEOUT_S = 240  # under pytest-timeout's 300 s, so a hung scenario is reported with its log
 
 
@@ -42,14 +44,14 @@ def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("xla")
     procs = {}
     with contextlib.ExitStack() as logs:
-        for name, devices in SCENARIOS.items():
+        for name, (scenarios, devices) in PROCESSES.items():
             env = {k: v for k, v in os.environ.items() if k not in ("CPU_NUM_DEVICES", "XLA_USE_SPMD")}
             env.update(PJRT_DEVICE="CPU", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
             if devices:
                 env["CPU_NUM_DEVICES"] = devices
             log = logs.enter_context(open(out / f"{name}.log", "w"))
-            procs[name] = subprocess.Popen([sys.executable, SCRIPT, str(out), name], stdout=log, stderr=subprocess.STDOUT,
-                                           env=env)
+            procs[name] = subprocess.Popen([sys.executable, SCRIPT, str(out), *scenarios], stdout=log,
+                                           stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + TIMEOUT_S
         codes = {}
         for name, proc in procs.items():
@@ -63,8 +65,10 @@ def results(tmp_path_factory):
 
 def scenario(results, name):
     out, codes = results
-    log = (out / f"{name}.log").read_text()
-    assert codes[name] == 0, f"scenario {name} failed with exit code {codes[name]}:\n{log[-6000:]}"
+    process = next(p for p, (scenarios, _) in PROCESSES.items() if name in scenarios)
+    if not (out / f"{name}.json").exists() or codes[process] != 0:
+        log = (out / f"{process}.log").read_text()
+        raise AssertionError(f"scenario {name} failed (process exit code {codes[process]}):\n{log[-6000:]}")
     return json.loads((out / f"{name}.json").read_text())
 
 
@@ -154,6 +158,9 @@ def test_xla_strategy_one_replica_through_torch_xla_launch(results):
     assert rep["all_reduce_sum"] == [1.0, 2.0] and rep["all_reduce_mean"] == 3.0
     assert rep["all_gather_shape"] == [1, 2]
     assert rep["broadcast"] == {"lr": 0.5, "names": ["a", "b"]}
+    assert rep["product_error"] == (
+        "all_reduce(reduce_op=ReduceOp.PRODUCT) has no torch_xla equivalent. Choose one of: sum, mean, max, min."
+    )
     rt = rep["round_trip"]
     assert rt["file_devices"] == ["cpu"] and rt["params_exact"] and rt["momentum_exact"]
 
@@ -173,6 +180,15 @@ def test_xla_strategy_launches_two_replicas_with_their_ranks(results):
     assert r["launch_without_function"] == (
         "ConfigurationError: Fabric(strategy='xla', devices=2) starts its replicas through torch_xla.launch, which "
         "runs a function in each, so fabric.launch() needs one. Fix: def train(fabric): ...; fabric.launch(train)."
+    )
+
+
+def test_a_replica_process_that_dies_is_reported(results):
+    r = scenario(results, "launch_dies")
+    assert r["cause"] == "BrokenProcessPool"
+    assert r["error"] == (
+        "FabricEnvironmentError: A replica process of Fabric(strategy='xla') died without a Python exception (killed, "
+        "or aborted by XLA: see its output above). Fix: read the first error above."
     )
 
 
@@ -220,3 +236,18 @@ def test_torch_xla_without_a_selected_device_says_how_to_select_one(monkeypatch)
         "(PJRT_DEVICE=<unset>, no TPU found). Fix: PJRT_DEVICE=CPU (CPU_NUM_DEVICES=N for N devices) or "
         "PJRT_DEVICE=TPU on a TPU host."
     )
+
+
+def test_launch_after_the_xla_runtime_started_is_refused(monkeypatch):
+    import torch_xla
+
+    from fabric_lite import Fabric
+    from fabric_lite.errors import FabricEnvironmentError
+
+    monkeypatch.setenv("PJRT_DEVICE", "CPU")
+    monkeypatch.setenv("CPU_NUM_DEVICES", "2")
+    fabric = Fabric(strategy="xla")
+    torch_xla.device()  # starts the runtime in this (pytest's) process; the scenarios run in their own
+    with pytest.raises(FabricEnvironmentError, match=r"^Fabric\(strategy='xla'\).launch\(\) cannot start replicas: this process "
+                       r"has used an XLA device already, and torch_xla launches only from a process that has not. Fix: "):
+        fabric.launch(print)

@@ -17,7 +17,7 @@ import torch
 from fabric_lite import Fabric
 from fabric_lite.build import instantiate, make_launcher
 from fabric_lite.environments.xla import XLAEnvironment
-from fabric_lite.errors import ConfigurationError, MissingPackageError
+from fabric_lite.errors import ConfigurationError, MissingPackageError, UsageError
 from fabric_lite.plan import resolve
 from fabric_lite.precision.xla import XLAPrecision
 
@@ -62,6 +62,9 @@ def test_built_objects_need_no_torch_xla():
     assert type(make_launcher(plan())).__name__ == "XLALauncher"
     spmd = instantiate(plan(strategy="xla_fsdp"))
     assert (type(spmd).__name__, spmd.name, spmd.axis) == ("XLASPMDStrategy", "xla_fsdp", "fsdp")
+    with pytest.raises(UsageError, match=r"^Fabric\(strategy='xla_fsdp'\).strategy.mesh was read before fabric.launch\(\), "
+                       r"which builds it. Fix: call fabric.launch\(\) first.$"):
+        _ = spmd.mesh
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "64-true"])

@@ -1,6 +1,6 @@
 """Run by tests/xla/test_xla.py under PJRT_DEVICE=CPU: one scenario per process (the XLA runtime is set once per process).
 
-Scenarios (argv: OUT_DIR SCENARIO), each writing OUT_DIR/SCENARIO.json (launch2: one file per replica):
+Scenarios (argv: OUT_DIR SCENARIO...), each writing OUT_DIR/SCENARIO.json (launch2: one file per replica):
   single   one XLA CPU device: import hygiene, plan, single_xla training vs. eager CPU, tied weights,
            clipping, save/load round trip, bf16-true.
   spmd     CPU_NUM_DEVICES=2: xla_spmd and xla_fsdp training vs. eager CPU, batch and parameter
@@ -9,6 +9,7 @@ Scenarios (argv: OUT_DIR SCENARIO), each writing OUT_DIR/SCENARIO.json (launch2:
            every collective through torch_xla, save/load.
   launch2  CPU_NUM_DEVICES=2: strategy="xla" launches two replicas; ranks, devices, sampler shards,
            a local forward/backward (no collective: pytorch/xla #5005).
+  launch_dies  CPU_NUM_DEVICES=2: the replica process dies; fabric.launch reports it.
 """
 
 import json
@@ -23,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fabric_lite import Fabric
-from fabric_lite.errors import ConfigurationError
+from fabric_lite.errors import ConfigurationError, FabricEnvironmentError
 from fabric_lite.strategies.xla import XLAStrategy
 
 STEPS = 12
@@ -231,6 +232,10 @@ def _train_replica(fabric, out):
     r["all_reduce_mean"] = fabric.all_reduce(torch.tensor(3.0)).cpu().item()
     r["all_gather_shape"] = list(fabric.all_gather(torch.tensor([1.0, 2.0])).shape)
     r["broadcast"] = fabric.broadcast({"lr": 0.5, "names": ["a", "b"]}, src=0)
+    try:
+        fabric.all_reduce(torch.tensor(1.0), reduce_op=torch.distributed.ReduceOp.PRODUCT)
+    except ConfigurationError as error:
+        r["product_error"] = str(error)
     fabric.barrier()
     rt, _, _ = round_trip(fabric, model, opt, out / "launch1.ckpt", setup_fresh(fabric))
     r["round_trip"] = rt
@@ -273,9 +278,23 @@ def scenario_launch2(out):
     return result
 
 
+# -------------------------------------------------------------------------------------- launch_dies
+def _die(fabric):
+    os._exit(3)  # as a replica killed by the OOM killer or aborted by XLA would
+
+
+def scenario_launch_dies(out):
+    try:
+        Fabric(strategy="xla").launch(_die)
+    except FabricEnvironmentError as error:
+        return {"error": f"{type(error).__name__}: {error}", "cause": type(error.__cause__).__name__}
+    return {"error": None}
+
+
 if __name__ == "__main__":
-    out, scenario = Path(sys.argv[1]), sys.argv[2]
-    outcome = globals()[f"scenario_{scenario}"](out)
-    (out / f"{scenario}.json").write_text(json.dumps(outcome, default=str))
-    print(f"{scenario}: done", flush=True)
+    out = Path(sys.argv[1])
+    for scenario in sys.argv[2:]:  # several scenarios may share a process when their XLA settings agree
+        outcome = globals()[f"scenario_{scenario}"](out)
+        (out / f"{scenario}.json").write_text(json.dumps(outcome, default=str))
+        print(f"{scenario}: done", flush=True)
     os._exit(0)  # skip torch_xla's slow interpreter teardown
