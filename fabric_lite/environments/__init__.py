@@ -4,5 +4,6 @@ from fabric_lite.environments.base import ClusterEnvironment
 from fabric_lite.environments.local import LocalEnvironment
 from fabric_lite.environments.slurm import SLURMEnvironment
 from fabric_lite.environments.torchelastic import TorchElasticEnvironment
+from fabric_lite.environments.xla import XLAEnvironment
 
-__all__ = ["ClusterEnvironment", "LocalEnvironment", "SLURMEnvironment", "TorchElasticEnvironment"]
+__all__ = ["ClusterEnvironment", "LocalEnvironment", "SLURMEnvironment", "TorchElasticEnvironment", "XLAEnvironment"]

@@ -251,3 +251,14 @@ def test_launch_after_the_xla_runtime_started_is_refused(monkeypatch):
     with pytest.raises(FabricEnvironmentError, match=r"^Fabric\(strategy='xla'\).launch\(\) cannot start replicas: this process "
                        r"has used an XLA device already, and torch_xla launches only from a process that has not. Fix: "):
         fabric.launch(print)
+
+
+def test_a_process_made_by_torch_xla_is_detected(monkeypatch):
+    from fabric_lite.plan import resolve
+
+    monkeypatch.setenv("PJRT_DEVICE", "CPU")
+    monkeypatch.delenv("CPU_NUM_DEVICES", raising=False)
+    # What torch_xla.launch sets in each replica it makes; ranks and sizes then come from its runtime.
+    p = resolve(env={"PJRT_LOCAL_PROCESS_RANK": "0", "PJRT_LOCAL_PROCESS_COUNT": "1"}, available={"cpu": 1, "xla": 1})
+    assert (p.accelerator, p.cluster_environment, p.launcher, p.strategy) == ("xla", "xla", "external", "single_xla")
+    assert p.reasons["cluster_environment"] == "detected xla variables"
