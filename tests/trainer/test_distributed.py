@@ -18,7 +18,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 def launch(tmp_path: Path, strategies: str) -> dict[str, tuple[dict, dict]]:
     """One launch of 2 processes runs every strategy in turn (process start-up is most of the cost)."""
-    result = subprocess.run([sys.executable, SCRIPT, str(tmp_path), strategies], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, SCRIPT, str(tmp_path), strategies], capture_output=True, text=True, check=False,
                             timeout=300, env=ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     return {s: tuple(json.loads((tmp_path / s / f"{s}_rank{r}.json").read_text()) for r in (0, 1)) for s in strategies.split(",")}

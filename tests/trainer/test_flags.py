@@ -83,8 +83,8 @@ def test_max_and_min_epochs_and_steps(tmp_path):
         def on_train_epoch_end(self, trainer, pl_module):
             trainer.should_stop = True
 
+    trainer = quiet_trainer(tmp_path, max_epochs=10, min_epochs=3, callbacks=[StopAtOnce()])
     with pytest.warns(UserWarning, match="min_epochs=3"):
-        trainer = quiet_trainer(tmp_path, max_epochs=10, min_epochs=3, callbacks=[StopAtOnce()])
         trainer.fit(Regressor(), loader(8, 4))
     assert trainer.current_epoch == 3
     trainer = quiet_trainer(tmp_path, max_epochs=10, min_steps=5, callbacks=[StopAtOnce()])
@@ -268,9 +268,9 @@ def test_epoch_aliases_early_stop_and_gradient_clip(tmp_path):
     with pytest.warns(DeprecationWarning):
         trainer = quiet_trainer(tmp_path, enable_early_stop=True, gradient_clip=0)
     assert trainer.early_stopping_callback.monitor == "val_loss" and trainer.gradient_clip_val is None
-    with pytest.raises(ConfigurationError, match=r"Trainer\(max_nb_epochs=3, max_epochs=5\) gives the same setting twice"):
-        with pytest.warns(DeprecationWarning):
-            quiet_trainer(tmp_path, max_nb_epochs=3, max_epochs=5)
+    twice = r"Trainer\(max_nb_epochs=3, max_epochs=5\) gives the same setting twice"
+    with pytest.raises(ConfigurationError, match=twice), pytest.warns(DeprecationWarning):
+        quiet_trainer(tmp_path, max_nb_epochs=3, max_epochs=5)
 
 
 def test_track_grad_norm_logs_the_p_norm_of_the_gradients(tmp_path):
@@ -316,9 +316,9 @@ def test_log_gpu_memory_stochastic_weight_avg_and_auto_scale_batch_size(tmp_path
 def test_gpus_and_auto_select_gpus(tmp_path):
     with pytest.raises(ConfigurationError, match=r"auto_select_gpus=True\) needs a number of GPUs"), pytest.warns(DeprecationWarning):
         quiet_trainer(tmp_path, auto_select_gpus=True, accelerator="auto")
-    with pytest.raises(ConfigurationError, match=r"Trainer\(gpus=2, accelerator='cpu', devices=1\) asks for the hardware twice"):
-        with pytest.warns(DeprecationWarning):
-            quiet_trainer(tmp_path, gpus=2)
+    twice = r"Trainer\(gpus=2, accelerator='cpu', devices=1\) asks for the hardware twice"
+    with pytest.raises(ConfigurationError, match=twice), pytest.warns(DeprecationWarning):
+        quiet_trainer(tmp_path, gpus=2)
     with pytest.raises(ConfigurationError, match="is not a GPU count"), pytest.warns(DeprecationWarning):
         quiet_trainer(tmp_path, gpus=-2, accelerator="auto", devices="auto")
     if not torch.cuda.is_available():
