@@ -223,3 +223,15 @@ def test_sharded_folder_loaded_by_a_single_file_strategy_points_to_consolidate(t
     (folder / "COMPLETE").write_text("done\n")
     with pytest.raises(CheckpointError, match=re.escape("got a sharded checkpoint folder, which this strategy cannot read. Fix: load it with the strategy that wrote it ('fsdp' or a DeepSpeed strategy), or convert it once: fabric-run consolidate")):
         Fabric(accelerator="cpu").load(folder)
+
+
+def test_saved_file_gets_the_permissions_of_an_ordinary_file(tmp_path):
+    import stat
+
+    fabric = Fabric(accelerator="cpu")
+    old = os.umask(0o022)
+    try:
+        fabric.save(tmp_path / "perm.ckpt", {"step": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "perm.ckpt").stat().st_mode) == 0o644
