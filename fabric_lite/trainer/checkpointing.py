@@ -41,6 +41,7 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
             "phase": trainer._phase,
             "batches_done": getattr(trainer, "_batches_done", 0) if trainer._phase in ("in_epoch", "batch_done") else 0,
             "total_batch_idx": trainer._total_batch_idx,
+            "loader_position": getattr(trainer, "_batches_done", 0),  # batches the loader handed out in its last epoch
             "epoch_rng": trainer._epoch_rng,
             "rng": get_rng(),
         }
@@ -116,6 +117,13 @@ def restore(trainer: Trainer, path: str, *, training: bool) -> None:
             and callable(getattr(trainer.train_dataloader, "load_state_dict", None)):
         trainer.train_dataloader.load_state_dict(loader_state)  # the next iter continues the epoch exactly
         loader_continues = True
+    elif loader_state is not None and callable(getattr(trainer.train_dataloader, "load_state_dict", None)) \
+            and loops.get("loader_position") == _length(trainer.train_dataloader):
+        # The loader's last epoch was complete: take its epoch count (a distributed sampler's shuffle follows it)
+        # and let it see that nothing is left of that epoch, so the next iteration starts the next one.
+        trainer.train_dataloader.load_state_dict(loader_state)
+        for _ in trainer.train_dataloader:
+            break
     elif phase in ("in_epoch", "batch_done") and 0 < done < trainer.num_training_batches and trainer.world_size > 1:
         rank_zero_warn(
             "Resuming mid-epoch with a loader that keeps no state: the batches already trained are skipped, but a "
@@ -127,3 +135,10 @@ def restore(trainer: Trainer, path: str, *, training: bool) -> None:
     }
     if phase == "epoch_done" and loops.get("rng") is not None:
         set_rng(loops["rng"])
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None

@@ -648,22 +648,22 @@ class Trainer:
         self._phase = "in_epoch"
         self._batch_idx = 0
         skip = done = 0
+        num_batches = self.num_training_batches
         loader_continues = resume is not None and resume.get("loader_continues", False)
         if resume is not None and resume["phase"] in ("in_epoch", "batch_done"):
             done = resume["batches_done"]
-            if not loader_continues:  # a loader without state: replay the epoch's draw and skip what was trained
+            if not loader_continues and done < num_batches:  # no loader state: replay the epoch's draw, skip the trained
                 skip = done
                 set_rng(resume["epoch_rng"])
         self._epoch_rng = get_rng()
         self._call_hook("on_train_epoch_start")
-        num_batches = self.num_training_batches
         # A stateful loader (fabric_lite's set-up dataloaders) continues its interrupted epoch by itself:
         # same order, the trained batches dropped at the index level, the random state put back.
         iterator = iter(self.train_dataloader)
         stop_epoch = False
         for batch_idx in range(skip):  # resume mid-epoch: the same order, the batches already trained skipped
             next(iterator)
-        if skip:
+        if done and not loader_continues:
             set_rng(resume["rng"])  # type: ignore[index]
         if done:
             self._batches_done = done

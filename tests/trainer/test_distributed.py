@@ -45,6 +45,7 @@ def test_two_process_ddp_and_fsdp_fits(tmp_path):
         for r in (r0, r1):
             assert r["best"] == r0["best"]
             assert r["mid_epoch_resume_exact"], strategy  # shuffled, resumed at batch 2 of epoch 1: bit for bit
+            assert r["epoch_end_resume_exact"], strategy  # resumed after epoch 0: the sampler's epoch 1 shuffle
     (d0, d1), (f0, f1) = reports["ddp"], reports["fsdp"]
     for r in (d0, d1):
         # DDP: every validation sample once (7 over 2 ranks, batches of 2), weighted and summed across ranks

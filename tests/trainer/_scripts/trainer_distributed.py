@@ -76,13 +76,17 @@ def run(out: Path, strategy: str) -> None:
     (validated,) = trainer.validate(model, val, verbose=False)
     # mid-epoch: a shuffled run checkpointed at step 6 (batch 2 of epoch 1) and resumed must end bit for bit equal
     shuffled = DataLoader(regression_data(32), batch_size=4, shuffle=True)
-    saver = ModelCheckpoint(dirpath=out / "mid", every_n_train_steps=6, save_top_k=-1)
-    uninterrupted, resumed_mid = Model(), Model()
+    saver = ModelCheckpoint(dirpath=out / "mid", every_n_train_steps=2, save_top_k=-1)
+    uninterrupted = Model()
     Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=3, logger=False, enable_progress_bar=False,
             callbacks=[saver]).fit(uninterrupted, shuffled)
-    Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=3, logger=False, enable_progress_bar=False,
-            enable_checkpointing=False).fit(resumed_mid, shuffled, ckpt_path=out / "mid" / "epoch=1-step=6.ckpt")
-    mid_equal = all(torch.equal(_full(a), _full(b)) for a, b in zip(uninterrupted.parameters(), resumed_mid.parameters()))
+    equal = {}
+    for name in ("epoch=1-step=6.ckpt", "epoch=0-step=4.ckpt"):  # mid-epoch 1; the end of epoch 0 (4 batches per rank)
+        resumed_model = Model()
+        Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=3, logger=False, enable_progress_bar=False,
+                enable_checkpointing=False).fit(resumed_model, shuffled, ckpt_path=out / "mid" / name)
+        equal[name] = all(torch.equal(_full(a), _full(b)) for a, b in zip(uninterrupted.parameters(), resumed_model.parameters()))
+    mid_equal = equal["epoch=1-step=6.ckpt"]
     full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
     report = {
         "rank": trainer.global_rank,
@@ -95,6 +99,7 @@ def run(out: Path, strategy: str) -> None:
         "best": checkpoint.best_model_path,
         "last_is": "dir" if os.path.isdir(checkpoint.last_model_path) else "file",
         "mid_epoch_resume_exact": mid_equal,
+        "epoch_end_resume_exact": equal["epoch=0-step=4.ckpt"],
     }
     (out / f"{strategy}_rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
