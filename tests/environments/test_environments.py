@@ -8,6 +8,7 @@ import pytest
 
 from fabric_lite.environments import LocalEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from fabric_lite.environments.slurm import first_hostname
+from fabric_lite.errors import ConfigurationError
 from fabric_lite.plan import resolve
 
 # What srun sets in a task (as seen under the real srun of tests/clusters/test_slurm.py).
@@ -77,3 +78,18 @@ def test_environments_pickle_without_os_environ():
 
     env = pickle.loads(pickle.dumps(TorchElasticEnvironment()))
     assert env.env is os.environ
+
+
+def test_slurm_uneven_layout_hint():
+    # what `srun -N2 -n3` sets (seen under the real srun): 2 tasks on the first node, 1 on the second
+    env = {**SLURM, "SLURM_NTASKS": "3", "SLURM_PROCID": "2", "SLURM_LOCALID": "0", "SLURM_STEP_TASKS_PER_NODE": "2,1",
+           "SLURM_TASKS_PER_NODE": "2,1"}
+    del env["SLURM_NTASKS_PER_NODE"]
+    with pytest.raises(ConfigurationError) as error:
+        resolve(env=env, available={"cpu": 1}, devices=2, num_nodes=2)
+    assert str(error.value).startswith(
+        "Fabric(devices=2, num_nodes=2) expects 4 process(es), 2 on each of 2 node(s), but srun started 3 task(s) on 2 "
+        "node(s), unevenly: 2 on node 0, 1 on node 1 (SLURM_STEP_TASKS_PER_NODE=2,1). --ntasks (-n) without "
+        "--ntasks-per-node")
+    assert "Fix: start 4 task(s) as Fabric expects: srun -N2 --ntasks-per-node=2 python " in str(error.value)
+    assert "or use the tasks SLURM started" not in str(error.value)  # no Fabric(...) fits an uneven layout
