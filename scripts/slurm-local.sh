@@ -162,6 +162,7 @@ start() {
     print_where
     return 0
   fi
+  [ "$(id -u)" = 0 ] || die "starting the local cluster needs root (munged, slurmd and /etc/hosts). Fix: run as root, or point SLURM_CONF at a real cluster." 3
   install_packages
   stop_daemons
   start_munge
