@@ -24,6 +24,8 @@ from fabric_lite.utilities import hang
 #: How the processes are made: "popen" re-runs the script per rank, the others are torch.multiprocessing's.
 StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+#: The shortest wait for all ranks to reach the rendezvous, whatever the collective timeout.
+RENDEZVOUS_TIMEOUT = timedelta(minutes=5)
 
 
 class DDPStrategy(Strategy):
@@ -129,7 +131,7 @@ class DDPStrategy(Strategy):
         try:
             dist.init_process_group(
                 self.backend(),
-                init_method=f"tcp://{address}:{port}",
+                store=self._rendezvous_store(address, port),
                 rank=self.global_rank,
                 world_size=self.world_size,
                 timeout=self.timeout,
@@ -147,6 +149,19 @@ class DDPStrategy(Strategy):
                 f"DDP rank {self.global_rank} could not open the rendezvous at {address}:{port}: {error}. "
                 f"The port may already be in use. Fix: choose a free port (fabric-run --main-port, or MASTER_PORT)."
             ) from None
+
+    def _rendezvous_store(self, address: str, port: int) -> dist.TCPStore:
+        """The store the ranks meet at, as ``tcp://`` init makes it, but waiting at least RENDEZVOUS_TIMEOUT.
+
+        A short collective timeout (seconds, to catch hangs quickly) must not also cut the rendezvous short:
+        ranks start seconds apart on a loaded machine and minutes apart on a cluster.
+        """
+        # Under torchrun the agent already hosts the store at MASTER_PORT: every rank is a client then.
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+        return dist.TCPStore(
+            address, port, self.world_size, is_master=self.global_rank == 0 and not agent_store,
+            timeout=max(self.timeout, RENDEZVOUS_TIMEOUT),
+        )
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None

@@ -1,32 +1,32 @@
-"""Hang reports: when a collective times out, every rank prints its Python stack before the job is torn down.
+"""Hang reports: when a collective times out, the ranks that never reached it print their Python stacks first.
 
 A collective raises on the ranks that wait in it once the process group's ``timeout`` passes (gloo
 raises ``Timed out waiting ...``), but the rank that never reached it is silent: it sleeps, loops or
-waits elsewhere, and the launcher kills it without a trace. So each rank of a multi-process run keeps
-one extra client connection to the rendezvous store and a daemon thread that looks for one key (a
-store round trip every ``POLL_S``). A rank whose collective timed out prints the root cause, sets
-that key and waits (at most ``ACK_WAIT_S``) until every rank has printed its stack; then its
-exception goes on to the launcher, which tears the job down as for any failure. Works under every
-launcher and across machines, since the store is the rendezvous every rank already reached.
+waits elsewhere, and the launcher kills it without a trace. So every rank of a multi-process run
+registers ``faulthandler`` on ``DUMP_SIGNAL`` (a C-level handler: it prints the Python stack of every
+thread even while the rank is blocked inside C++) and publishes its host and pid in the rendezvous
+store once, at start. The first rank whose collective times out prints the root cause, signals each
+rank of its machine that did not time out, so that it prints its stack, and then fails as usual; the
+launcher tears the job down. Nothing runs in between (no thread, no polling). Ranks on other machines
+are named but their stacks cannot be fetched from here.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
+import faulthandler
 import os
+import signal
 import socket
 import sys
-import threading
 import time
-import traceback
 from datetime import timedelta
 from typing import Any
 
-#: The longest a timed-out rank waits for the other ranks' stacks before it fails.
-ACK_WAIT_S = 1.0
-#: How often each rank's monitor looks for a timeout report (one store round trip).
-POLL_S = 0.1
+#: The signal that makes a rank print its stacks (a real-time signal that nothing else here uses).
+DUMP_SIGNAL = signal.SIGRTMIN + 7 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
+#: How long the reporter lets one signalled rank write its stack, and how long timed-out peers wait for it.
+DUMP_WAIT_S = 0.3
+REPORT_DEADLINE_S = 2.0
 # Texts of the errors torch raises when a collective times out (gloo on CPU, the NCCL watchdog).
 _TIMEOUT_MARKERS = ("Timed out waiting", "Watchdog caught collective operation timeout")
 
@@ -55,74 +55,29 @@ def _client(address: str, port: int, timeout_s: float) -> Any:
 
 
 def start_monitor(*, address: str, port: int, rank: int, world_size: int, timeout: timedelta) -> bool:
-    """Start this rank's stack reporter (after ``init_process_group``); returns whether it runs.
+    """Prepare this rank for hang reports (after ``init_process_group``); returns whether it is ready.
 
     Also chains ``sys.excepthook`` so that an uncaught collective timeout triggers the report
     (the spawn launcher calls :func:`report_timeout` itself).
     """
     if world_size <= 1 or _state.get("started"):
         return bool(_state.get("started"))
+    host = socket.gethostname()
+    faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
     try:
         store = _client(address, port, 30.0)
+        store.set(_prefix() + f"pid/{rank}", f"{host}\t{os.getpid()}")
+        del store  # one round trip at start; the connection is not kept
     except Exception:  # noqa: BLE001 - no store to meet at (an unusual init method): hang reports are best effort
+        faulthandler.unregister(DUMP_SIGNAL)
         return False
-    _state.update(started=True, address=address, port=port, rank=rank, world_size=world_size,
-                  timeout_s=timeout.total_seconds(), main=threading.main_thread(), host=socket.gethostname())
-    stop = threading.Event()
-    thread = threading.Thread(target=_monitor, args=(store, stop), name="fabric_lite-hang-monitor", daemon=True)
-    thread.start()
-    atexit.register(_stop_monitor, thread, stop)
+    _state.update(started=True, address=address, port=port, rank=rank, world_size=world_size, host=host,
+                  timeout_s=timeout.total_seconds())
     _chain_excepthook()
     return True
 
 
-def _monitor(store: Any, stop: threading.Event) -> None:
-    # Polling rather than a blocking store.wait(): a thread blocked in C++ while the interpreter exits
-    # aborts the process (std::terminate); this one ends at exit (atexit sets ``stop``) within one period.
-    key = _prefix() + "reported"
-    try:
-        while not store.check([key]):
-            if stop.wait(POLL_S):
-                return
-        reporter = store.get(key).decode()
-    except Exception:  # noqa: BLE001 - the store went away: the run ended
-        return
-    prefix = _prefix()
-    rank = _state["rank"]
-    if _in_report(_state["main"]):
-        text = f"fabric_lite: rank {rank} timed out in the collective itself; its traceback follows in the failure report.\n"
-    else:
-        text = (f"fabric_lite: Python stack of rank {rank} (pid {os.getpid()} on {_state['host']}) when the collective "
-                f"of rank {reporter} timed out:\n{main_thread_stack()}")
-    _write(text)
-    with contextlib.suppress(Exception):  # the timed-out rank may have gone already
-        store.add(prefix + "dumped", 1)
-
-
-def _stop_monitor(thread: threading.Thread, stop: threading.Event) -> None:
-    stop.set()
-    thread.join(timeout=2 * POLL_S)
-
-
-def main_thread_stack() -> str:
-    """The main thread's current Python stack, formatted like a traceback (most recent call last)."""
-    frame = sys._current_frames().get(_state.get("main", threading.main_thread()).ident)
-    if frame is None:
-        return "  (the main thread has ended)\n"
-    return "".join(traceback.format_stack(frame))
-
-
-def _in_report(thread: threading.Thread) -> bool:
-    frame = sys._current_frames().get(thread.ident)
-    while frame is not None:
-        if frame.f_code is report_timeout.__code__:
-            return True
-        frame = frame.f_back
-    return False
-
-
 def _write(text: str) -> None:
-    # One write per block so that stacks from several processes do not interleave line by line.
     try:
         sys.stderr.flush()
         os.write(2, text.encode(errors="replace"))
@@ -131,34 +86,56 @@ def _write(text: str) -> None:
 
 
 def report_timeout(error: BaseException) -> None:
-    """Called on a rank whose collective timed out: print the root cause, have every rank print its stack, wait."""
+    """On a rank whose collective timed out: print the root cause and have the absent ranks print their stacks."""
     if not _state.get("started") or _state.get("reported") or not is_collective_timeout(error):
         return
     _state["reported"] = True
     prefix, rank, world_size = _prefix(), _state["rank"], _state["world_size"]
+    deadline = time.monotonic() + REPORT_DEADLINE_S
     try:
-        store = _client(_state["address"], _state["port"], 2.0)
+        store = _client(_state["address"], _state["port"], REPORT_DEADLINE_S)
         store.set(prefix + f"timed_out/{rank}", "1")
-        first = store.add(prefix + "timeouts", 1) == 1
-        if first:
-            _write(
-                f"fabric_lite: Root cause: a collective timed out on rank {rank} ({_state['host']}) after "
-                f"{_state['timeout_s']:g} s: at least one rank never reached it. The Python stack of every rank "
-                f"follows. Fix: make every rank call the same collectives in the same order, or raise the timeout "
-                f"(DDPStrategy(timeout=datetime.timedelta(...)), FABRIC_LITE_COLLECTIVE_TIMEOUT or fabric-run "
-                f"--collective-timeout) if a rank is only slow.\n"
-            )
-            store.set(prefix + "reported", str(rank))
-        deadline = time.monotonic() + ACK_WAIT_S
-        while time.monotonic() < deadline and store.add(prefix + "dumped", 0) < world_size:
-            time.sleep(0.01)
-        if first:
-            waiting = [r for r in range(world_size) if store.check([prefix + f"timed_out/{r}"])]
-            absent = [r for r in range(world_size) if r not in waiting]
-            _write(f"fabric_lite: ranks that timed out waiting in the collective: {waiting}; ranks that did not "
-                   f"reach it: {absent} (their stacks are above).\n")
-    except Exception:  # noqa: BLE001 - the store is gone (its host rank died): nothing more can be collected
+        if store.add(prefix + "timeouts", 1) != 1:
+            # Another rank reports; stay alive until it is done, or a launcher would kill the absent ranks first.
+            while time.monotonic() < deadline and not store.check([prefix + "done"]):
+                time.sleep(0.02)
+            return
+        _write(
+            f"fabric_lite: Root cause: a collective timed out on rank {rank} ({_state['host']}) after "
+            f"{_state['timeout_s']:g} s: at least one rank never reached it. Stacks of the ranks that did not time "
+            f"out follow. Fix: make every rank call the same collectives in the same order, or raise the timeout "
+            f"(DDPStrategy(timeout=datetime.timedelta(...)), FABRIC_LITE_COLLECTIVE_TIMEOUT or fabric-run "
+            f"--collective-timeout) if a rank is only slow.\n"
+        )
+        time.sleep(0.1)  # the other waiting ranks time out within moments of this one: let them say so
+        absent = [r for r in range(world_size) if r != rank and not store.check([prefix + f"timed_out/{r}"])]
+        for other in absent:
+            _dump_rank(store, prefix, other)
+        waiting = [r for r in range(world_size) if r not in absent]
+        _write(f"fabric_lite: ranks that timed out waiting in the collective: {waiting}; ranks that did not reach "
+               f"it: {absent}.\n")
+        store.set(prefix + "done", "1")
+    except Exception:  # noqa: BLE001 - the store is gone (its host died): nothing more can be collected
         return
+
+
+def _dump_rank(store: Any, prefix: str, rank: int) -> None:
+    key = prefix + f"pid/{rank}"
+    if not store.check([key]):
+        _write(f"fabric_lite: rank {rank} never registered for hang reports; no stack available.\n")
+        return
+    host, pid = store.get(key).decode().split("\t")
+    if host != _state["host"]:
+        _write(f"fabric_lite: rank {rank} runs on {host}: its stack cannot be fetched from {_state['host']}.\n")
+        return
+    _write(f"fabric_lite: Python stack of rank {rank} (pid {pid} on {host}), which did not reach the collective "
+           f"(most recent call first):\n")
+    try:
+        os.kill(int(pid), DUMP_SIGNAL)
+    except ProcessLookupError:
+        _write(f"fabric_lite: rank {rank} (pid {pid}) has already exited.\n")
+        return
+    time.sleep(DUMP_WAIT_S)  # faulthandler writes from the signal handler at once; let it finish
 
 
 def _chain_excepthook() -> None:
