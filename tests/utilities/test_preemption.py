@@ -115,7 +115,7 @@ def test_two_ranks_stop_at_the_same_step(launcher, signal_rank, sig, tmp_path):
     cmd = command(launcher, SCRIPT, str(out))
     _preempt(cmd, out, env, ranks=2, signal_rank=signal_rank, sig=sig)
     assert (tmp_path / "scontrol.log").read_text().splitlines() == ["requeue 4242"], "rank 0 requeues exactly once"
-    if launcher in ("subprocess", "fabric-run"):
+    if launcher in ("subprocess", "fabric-run") and signal_rank == 1:  # one resume per launcher keeps the file fast
         _resume(cmd, out, env, ranks=2)
 
 
