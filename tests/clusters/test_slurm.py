@@ -117,12 +117,37 @@ def test_srun_one_node_two_tasks_trains_like_fabric_run(slurm_env, reference, tm
     assert reports[0]["weights"] == reference(2)
 
 
-def sbatch_wait(script: Path, env, timeout=240) -> tuple[str, str]:
-    """Submit a batch script, wait for it to end; returns (job id, its output)."""
-    submitted = run(["sbatch", "--parsable", "--wait", str(script)], env, timeout=timeout, cwd=script.parent)
-    job = submitted.stdout.strip().split(";")[0]
+_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
+
+
+def job_state(job: str, env) -> dict[str, str]:
+    shown = run(["scontrol", "show", "job", "-o", job], env, timeout=30).stdout
+    return dict(field.split("=", 1) for field in shown.split() if "=" in field)
+
+
+def wait_for_job(job: str, env, timeout: float = 300) -> dict[str, str]:
+    """Poll until the job has ended (sbatch --wait backs off to 30 s between checks, wasting most of it)."""
+    deadline, state = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        state = job_state(job, env)
+        if state.get("JobState") in _ENDED:
+            return state
+        time.sleep(0.3)
+    raise AssertionError(f"job {job} did not end within {timeout} s: {state}")
+
+
+def sbatch(*args: str, env, cwd=None) -> str:
+    submitted = run(["sbatch", "--parsable", *args], env, timeout=60, cwd=cwd)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    return submitted.stdout.strip().split(";")[0]
+
+
+def sbatch_wait(script: Path, env) -> tuple[str, str]:
+    """Submit a batch script and wait for it to end; returns (job id, its output)."""
+    job = sbatch(str(script), env=env, cwd=script.parent)
+    state = wait_for_job(job, env)
     output = (script.parent / "job.out").read_text() if (script.parent / "job.out").exists() else ""
-    assert submitted.returncode == 0, f"sbatch: {submitted.stdout}{submitted.stderr}\njob output:\n{output}"
+    assert state["JobState"] == "COMPLETED", f"{state}\njob output:\n{output}"
     return job, output
 
 
@@ -150,21 +175,17 @@ srun --kill-on-bad-exit=1 {PY} {TRAIN} {tmp_path} --devices 2 --num-nodes 2
 def test_example_sbatch_script_trains_digits(slurm_env, tmp_path):
     pytest.importorskip("sklearn", reason="examples/digits.py needs scikit-learn: pip install -e '.[examples]'")
     # 4 ranks x 16 = the single-process batch of 64, so 5 epochs reach the accuracy they reach in one process
-    result = run(["sbatch", "--wait", f"--output={tmp_path}/digits-%j.out", "examples/slurm/digits.sbatch",
-                  "--epochs", "5", "--batch-size", "16"], {**slurm_env, "PYTHON": PY}, cwd=ROOT)
+    job = sbatch(f"--output={tmp_path}/digits-%j.out", "examples/slurm/digits.sbatch", "--epochs", "5",
+                 "--batch-size", "16", env={**slurm_env, "PYTHON": PY}, cwd=ROOT)
+    state = wait_for_job(job, slurm_env)
     output = "".join(p.read_text() for p in tmp_path.glob("digits-*.out"))
-    assert result.returncode == 0, result.stdout + result.stderr + output
+    assert state["JobState"] == "COMPLETED", f"{state}\n{output}"
     assert "2 nodes (node[1-2]), 4 tasks" in output
     # fabric.print prints once per machine: both nodes report the same (all-reduced) accuracy
     assert output.count("(target > 0.90: PASSED)") == 2, output
 
 
 # ------------------------------------------------------------------------------------ preemption
-def job_state(job: str, env) -> dict[str, str]:
-    shown = run(["scontrol", "show", "job", "-o", job], env, timeout=30).stdout
-    return dict(field.split("=", 1) for field in shown.split() if "=" in field)
-
-
 def test_preempted_job_checkpoints_requeues_itself_and_resumes_exactly(slurm_env, tmp_path):
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     ckpt.mkdir(), out.mkdir()
@@ -174,8 +195,7 @@ def test_preempted_job_checkpoints_requeues_itself_and_resumes_exactly(slurm_env
 echo "attempt ${{SLURM_RESTART_COUNT:-0}}"
 srun --kill-on-bad-exit=1 {PY} {PREEMPT} {ckpt} {out} --slow-first-attempt
 """)
-    job = run(["sbatch", "--parsable", str(script)], slurm_env, timeout=60).stdout.strip()
-    assert job.isdigit(), job
+    job = sbatch(str(script), env=slurm_env)
     # The uninterrupted run, under fabric-run on 4 processes, meanwhile (the requeue waits ~11 s anyway).
     ref_ckpt, ref_out = tmp_path / "ref_ckpt", tmp_path / "ref_out"
     ref_ckpt.mkdir(), ref_out.mkdir()
@@ -189,12 +209,7 @@ srun --kill-on-bad-exit=1 {PY} {PREEMPT} {ckpt} {out} --slow-first-attempt
             time.sleep(0.2)
         signalled = run(["scancel", "--signal=USR1", job], slurm_env, timeout=30)  # to every task of the job's steps
         assert signalled.returncode == 0, signalled.stderr
-        deadline, state = time.monotonic() + 300, {}
-        while time.monotonic() < deadline:
-            state = job_state(job, slurm_env)
-            if state.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-                break
-            time.sleep(0.5)
+        state = wait_for_job(job, slurm_env)  # a requeued job is PENDING, not ended, until its second run ends
         log = (tmp_path / "job.out").read_text()
         assert (state.get("JobState"), state.get("Restarts")) == ("COMPLETED", "1"), f"{state}\n{log}"
     finally:
