@@ -37,8 +37,8 @@ def slurm_env():
     if started.returncode == 3:  # the script's code for "SLURM cannot be installed here"
         pytest.skip(f"no SLURM on this machine and it cannot be installed: {started.stderr.strip()}")
     assert started.returncode == 0, started.stdout + started.stderr
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "TORCHELASTIC_", "FABRIC_LITE_")) and k not in _LAUNCH_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k.startswith("FABRIC_LITE_SLURM_") or (
+        not k.startswith(("SLURM_", "TORCHELASTIC_", "FABRIC_LITE_")) and k not in _LAUNCH_VARIABLES)}
     env.update(SLURM_CONF=f"{state}/slurm.conf", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     yield env
     if "already running" not in started.stdout:  # another session's (or the user's) cluster is left alone
