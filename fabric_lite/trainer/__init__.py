@@ -10,5 +10,6 @@ from fabric_lite.trainer.callbacks import Callback
 from fabric_lite.trainer.datamodule import LightningDataModule
 from fabric_lite.trainer.module import LightningModule
 from fabric_lite.trainer.trainer import Trainer
+from fabric_lite.trainer.tuner import Tuner
 
-__all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer"]
+__all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "Tuner"]
