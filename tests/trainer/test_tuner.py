@@ -157,6 +157,25 @@ def test_other_errors_stop_the_search_and_restore(tmp_path):
     assert model.batch_size == 2
 
 
+def test_validate_method_tunes_the_evaluation_loader(tmp_path):
+    class Evaluated(Sized):
+        def val_dataloader(self):
+            return DataLoader(regression_data(self.samples), batch_size=self.batch_size)
+
+        def validation_step(self, batch, batch_idx):
+            x, _ = batch
+            self.attempts.append(self.batch_size)
+            # above 6 samples the step asks for an exabyte: a real allocator failure at a threshold set here
+            torch.empty(2**60 if len(x) > 6 else len(x), dtype=torch.uint8)
+
+    model = Evaluated()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = quiet_trainer(tmp_path)
+    assert trainer.tuner.scale_batch_size(model, method="validate", mode="binsearch") == 6
+    assert _trials(model.attempts) == [2, 4, 8, 6, 7] and model.batch_size == 6
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and trainer.val_dataloaders == []
+
+
 def test_is_oom_error_on_real_errors():
     with pytest.raises(RuntimeError) as caught:
         torch.empty(2**60, dtype=torch.uint8)
