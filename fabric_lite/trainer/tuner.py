@@ -164,12 +164,10 @@ class Tuner:
             with _isolated(trainer, **_trial_flags(method, steps_per_trial)), self._snapshot(method == "fit") as snapshot:
                 found, tried = _search(trial, mode, init_val, max_trials, lambda: _samples_per_rank(trainer, method))
         except BaseException:
-            for (holder, key), value in zip(holders, original):
-                _set_holders([(holder, key)], None, value)
+            _put_back(holders, original)
             raise
         if found == 0:
-            for (holder, key), value in zip(holders, original):
-                _set_holders([(holder, key)], None, value)
+            _put_back(holders, original)
             smallest = min(tried)
             raise UsageError(
                 f"{call}: every batch size tried ran out of memory ({', '.join(map(str, tried))}), so none fits"
@@ -695,6 +693,11 @@ def _set_holders(holders: list[tuple[Any, str]], name: str | None, value: Any) -
             holder[key] = value
         else:
             setattr(holder, key, value)
+
+
+def _put_back(holders: list[tuple[Any, str]], values: list[Any]) -> None:
+    for holder, value in zip(holders, values):
+        _set_holders([holder], None, value)
 
 
 def _check_int(call: str, value: Any, minimum: int) -> None:

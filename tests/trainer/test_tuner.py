@@ -1,7 +1,8 @@
 """The tuner on real runs: batch-size scaling under a real memory cap (1 process and 2 DDP ranks), the LR finder, errors.
 
 The memory cap is the kernel's: _scripts/tuner_memory.py lowers RLIMIT_AS in its own processes, so too
-large a batch fails in torch's CPU allocator. Both launches start together and are awaited once.
+large a batch fails in torch's CPU allocator. Both launches start with the module and run alongside the
+in-process tests; the two tests that read their reports come last.
 """
 
 from __future__ import annotations
@@ -30,12 +31,25 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1", "PYTHONUNB
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def capped(tmp_path_factory):
-    """Start the one-process and the 2-rank launches at once; return their JSON reports."""
+@pytest.fixture(scope="module", autouse=True)
+def _launches(request, tmp_path_factory):
+    """Start the one-process and the 2-rank launches when the module starts (if a selected test needs them), so
+    that they run while the in-process tests do; ``capped`` waits for them."""
+    wanted = any("capped" in item.fixturenames for item in request.session.items if item.module is request.module)
     out = tmp_path_factory.mktemp("tuner")
     runs = {kind: subprocess.Popen([sys.executable, SCRIPT, str(out / kind), kind], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, env=ENV) for kind in ("single", "ddp")}
+                                   stderr=subprocess.STDOUT, text=True, env=ENV) for kind in ("single", "ddp")} if wanted else {}
+    yield out, runs
+    for process in runs.values():
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.fixture(scope="module")
+def capped(_launches):
+    """The JSON reports of both launches (exit code and output for the failure message)."""
+    out, runs = _launches
     outputs = {}
     for kind, process in runs.items():
         try:
@@ -89,40 +103,6 @@ def _trials(attempts: list[int]) -> list[int]:
         if not out or out[-1] != size:
             out.append(size)
     return out
-
-
-# ---------------------------------------------------------------------------------- batch size under a real cap
-def test_batch_size_finder_one_process_under_memory_cap(capped):
-    (r,) = _reports(capped, "single", 1)
-    # the cap leaves room for 10 samples of 64 MiB: power keeps the last doubling that fitted, binsearch narrows
-    assert (r["power"], r["power_trials"], r["power_attribute"]) == (8, [2, 4, 8, 16], 8)
-    assert (r["binsearch"], r["binsearch_trials"]) == (10, [2, 4, 8, 16, 12, 10, 11])
-    assert r["power_restored"] and r["binsearch_restored"]  # weights, Adam moments, step, epoch, RNG: torch.equal
-    assert r["callbacks_restored"] and r["temp_files_left"] == []
-    assert (r["hparams"], r["hparams_value"]) == (10, 10)  # model.hparams.batch_size
-    assert (r["datamodule"], r["datamodule_value"]) == (8, 8)  # the datamodule's attribute
-    assert (r["max_trials_2"], r["max_trials_2_trials"]) == (4, [2, 4])
-    assert (r["from_32"], r["from_32_trials"]) == (8, [32, 16, 8])  # too large a start halves until one fits
-    assert "found it on none. Fix: set self.batch_size = 32" in r["no_attribute_error"]
-    # Trainer(auto_scale_batch_size="binsearch"): fit tunes first, then trains with the size found
-    assert r["flag_attribute"] == 10 and r["flag_fit_batches"] == [10, 10]
-
-
-def test_batch_size_finder_two_ranks_agree_on_the_tighter_cap(capped):
-    r0, r1 = sorted(_reports(capped, "ddp", 2), key=lambda r: r["rank"])
-    for r in (r0, r1):  # rank 0 fits 10 samples, rank 1 only 6: both take rank 1's answer
-        assert r["world"] == 2
-        assert (r["power"], r["power_trials"]) == (4, [2, 4, 8])
-        assert (r["binsearch"], r["binsearch_trials"]) == (6, [2, 4, 8, 6, 7])
-        assert r["attribute"] == 6 and r["power_restored"] and r["binsearch_restored"]
-        assert r["fit_batches"] == [6, 6] and r["weights_changed"]
-    assert r0["lr_curve"] == r1["lr_curve"] and len(r0["lr_curve"]["lr"]) == 15 and r0["lr_find_restored"]
-    # a bug (not memory) on rank 1 in a trial: rank 1 raises it, rank 0 is told, nobody hangs, weights are put back
-    assert r1["bug_error"] == "ValueError: a bug on rank 1"
-    assert r0["bug_error"].startswith("UsageError: Tuner.scale_batch_size: another rank failed in a trial with an error that is not out of memory")
-    assert r0["bug_restored"] and r1["bug_restored"]
-    # after tuning, gradients are synchronised again: the ranks (different data) end with the same weights
-    assert r0["weights_after_fit"] == r1["weights_after_fit"]
 
 
 # ---------------------------------------------------------------------------------- batch size in this process
@@ -337,3 +317,37 @@ def test_lr_find_errors(tmp_path):
 def test_tuner_is_exported_and_is_the_trainers():
     trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
     assert isinstance(trainer.tuner, Tuner) and trainer.tuner.trainer is trainer
+
+
+# ---------------------------------------------------------------------------------- batch size under a real cap
+def test_batch_size_finder_one_process_under_memory_cap(capped):
+    (r,) = _reports(capped, "single", 1)
+    # the cap leaves room for 10 samples of 64 MiB: power keeps the last doubling that fitted, binsearch narrows
+    assert (r["power"], r["power_trials"], r["power_attribute"]) == (8, [2, 4, 8, 16], 8)
+    assert (r["binsearch"], r["binsearch_trials"]) == (10, [2, 4, 8, 16, 12, 10, 11])
+    assert r["power_restored"] and r["binsearch_restored"]  # weights, Adam moments, step, epoch, RNG: torch.equal
+    assert r["callbacks_restored"] and r["temp_files_left"] == []
+    assert (r["hparams"], r["hparams_value"]) == (10, 10)  # model.hparams.batch_size
+    assert (r["datamodule"], r["datamodule_value"]) == (8, 8)  # the datamodule's attribute
+    assert (r["max_trials_2"], r["max_trials_2_trials"]) == (4, [2, 4])
+    assert (r["from_32"], r["from_32_trials"]) == (8, [32, 16, 8])  # too large a start halves until one fits
+    assert "found it on none. Fix: set self.batch_size = 32" in r["no_attribute_error"]
+    # Trainer(auto_scale_batch_size="binsearch"): fit tunes first, then trains with the size found
+    assert r["flag_attribute"] == 10 and r["flag_fit_batches"] == [10, 10]
+
+
+def test_batch_size_finder_two_ranks_agree_on_the_tighter_cap(capped):
+    r0, r1 = sorted(_reports(capped, "ddp", 2), key=lambda r: r["rank"])
+    for r in (r0, r1):  # rank 0 fits 10 samples, rank 1 only 6: both take rank 1's answer
+        assert r["world"] == 2
+        assert (r["power"], r["power_trials"]) == (4, [2, 4, 8])
+        assert (r["binsearch"], r["binsearch_trials"]) == (6, [2, 4, 8, 6, 7])
+        assert r["attribute"] == 6 and r["power_restored"] and r["binsearch_restored"]
+        assert r["fit_batches"] == [6, 6] and r["weights_changed"]
+    assert r0["lr_curve"] == r1["lr_curve"] and len(r0["lr_curve"]["lr"]) == 15 and r0["lr_find_restored"]
+    # a bug (not memory) on rank 1 in a trial: rank 1 raises it, rank 0 is told, nobody hangs, weights are put back
+    assert r1["bug_error"] == "ValueError: a bug on rank 1"
+    assert r0["bug_error"].startswith("UsageError: Tuner.scale_batch_size: another rank failed in a trial with an error that is not out of memory")
+    assert r0["bug_restored"] and r1["bug_restored"]
+    # after tuning, gradients are synchronised again: the ranks (different data) end with the same weights
+    assert r0["weights_after_fit"] == r1["weights_after_fit"]
