@@ -59,11 +59,16 @@ def resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, stage: str) -> str:
     if ckpt_path in ("best", "last"):
         callback = trainer.checkpoint_callback
         path = getattr(callback, "best_model_path" if ckpt_path == "best" else "last_model_path", "") if callback else ""
+        if ckpt_path == "last":
+            # A preempted fit's checkpoint counts as a "last" one (Lightning's hpc checkpoint does too): the newer wins.
+            found = [p for p in (path, trainer.preemption_ckpt_path) if p and os.path.exists(p)]
+            path = max(found, key=os.path.getmtime) if found else path
         if not path:
             raise CheckpointError(
                 f"Trainer.{stage}(ckpt_path={ckpt_path!r}) has no {ckpt_path} checkpoint to load: "
                 + ("no ModelCheckpoint callback is configured" if callback is None else
                    f"ModelCheckpoint saved none yet{' (save_last is off)' if ckpt_path == 'last' else ''}")
+                + (f", and there is no preemption checkpoint {trainer.preemption_ckpt_path}" if ckpt_path == "last" else "")
                 + ". Fix: fit with ModelCheckpoint(" + ("save_last=True" if ckpt_path == "last" else "monitor=...") +
                 ") first, pass a path, or ckpt_path=None to use the weights in memory."
             )

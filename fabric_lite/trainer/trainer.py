@@ -20,6 +20,7 @@ from fabric_lite.errors import ConfigurationError, UsageError
 from fabric_lite.fabric import Fabric
 from fabric_lite.trainer import checkpointing
 from fabric_lite.trainer import flags as F
+from fabric_lite.trainer import preemption as preempt
 from fabric_lite.trainer.callbacks.base import Callback
 from fabric_lite.trainer.datamodule import LightningDataModule
 from fabric_lite.trainer.module import LightningModule
@@ -219,6 +220,7 @@ class Trainer:
         self.current_epoch = 0
         self.global_step = 0
         self.should_stop = False
+        self.preempted = False  # the last fit stopped on a preemption signal (Preemption plugin)
         self.sanity_checking = False
         self.stage: str | None = None
         self.callback_metrics: dict[str, torch.Tensor] = {}
@@ -248,11 +250,17 @@ class Trainer:
         self._tuner: Any = None
         self._in_fit = False
         self._tuning = False
+        self._preemption: Any = None  # the Preemption plugin during a fit (not during tuner trials)
 
     # ------------------------------------------------------------------------------ read-only views
     @property
     def default_root_dir(self) -> str:
         return self._default_root_dir
+
+    @property
+    def preemption_ckpt_path(self) -> str:
+        """Where a fit stopped by ``plugins=[Preemption()]`` saves: ``<default_root_dir>/checkpoints/preempted.ckpt``."""
+        return preempt.checkpoint_path(self._default_root_dir)
 
     @property
     def loggers(self) -> list[Any]:
@@ -495,6 +503,7 @@ class Trainer:
         self._attach(model, datamodule, "fit")
         was_in_fit, self._in_fit = self._in_fit, True
         self.should_stop = False
+        self.preempted = False
         self._merge_model_callbacks(model)
         self._prepare_and_setup("fit")
         self._setup_model(model, with_optimizers=True)
@@ -512,6 +521,9 @@ class Trainer:
         self._val_check_batch = self._compute_val_check_batch()
         self.current_epoch, self.global_step, self._total_batch_idx, self._phase = 0, 0, 0, "epoch_done"
         self._resume = None
+        self._preemption = preempt.plugin_of(self)
+        if ckpt_path is None and self._preemption is not None:
+            ckpt_path = preempt.auto_resume_path(self)  # a requeued job continues where it was stopped
         if ckpt_path is not None:
             self._restore(self._resolve_ckpt_path(ckpt_path, "fit"), training=True)
         for lg in self.loggers:
@@ -526,16 +538,21 @@ class Trainer:
             self._call_hook("on_train_start")
             self._fit_loop()
             self.stage = "train"
-            self._call_hook("on_train_end")
-            self._call_hook("on_fit_end")
+            if not self.preempted:  # a preempted fit is not finished: no on_train_end / on_fit_end (as in Lightning)
+                self._call_hook("on_train_end")
+                self._call_hook("on_fit_end")
             self._teardown("fit")
         except BaseException as error:
             self._on_exception(error)
             raise
         finally:
             self._in_fit = was_in_fit
-        self._finalize_loggers("success")
+        self._finalize_loggers("aborted" if self.preempted else "success")
         self.stage = None
+        if self.preempted:
+            preempt.requeue(self)
+        else:
+            preempt.discard(self)
 
     def _merge_model_callbacks(self, model: LightningModule) -> None:
         extra = model.configure_callbacks() or []
@@ -634,7 +651,7 @@ class Trainer:
             set_rng(resume["rng"])
             self._end_epoch(run_hooks=resume["phase"] == "epoch_batches_done", results_lost=True)
             resume = None
-        while not self._done():
+        while not self.preempted and not self._done():
             self._train_epoch(resume)
             resume = None
 
@@ -701,6 +718,12 @@ class Trainer:
                 stop_epoch = True
             if self.should_stop and self._can_stop():
                 stop_epoch = True
+            # After an optimizer step only: gradients accumulated for a later step are not in a checkpoint.
+            if self._preemption is not None and (not model.automatic_optimization or batch_idx % self.accumulate_grad_batches == 0
+                                                 or is_last) and self.fabric.should_stop():
+                preempt.save(self, epoch_finished=is_last or stop_epoch)
+                self._results.batch = None
+                return
             if stop_epoch:
                 break
         self._results.batch = None
