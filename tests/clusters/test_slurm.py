@@ -206,6 +206,7 @@ srun --kill-on-bad-exit=1 {PY} {PREEMPT} {ckpt} {out} --slow-first-attempt
         # Preempt once the first attempt is training (0.1 s a step: 60 steps leave time for the signal).
         progress, deadline = out / "progress-0", time.monotonic() + 240
         while time.monotonic() < deadline and not (progress.exists() and int(progress.read_text() or 0) >= 3):
+            assert job_state(job, slurm_env).get("JobState") not in _ENDED, (tmp_path / "job.out").read_text()
             time.sleep(0.2)
         signalled = run(["scancel", "--signal=USR1", job], slurm_env, timeout=30)  # to every task of the job's steps
         assert signalled.returncode == 0, signalled.stderr
@@ -261,7 +262,7 @@ def misconfigured(slurm_env, tmp_path_factory):
                                            env=slurm_env)
         if name == "ntasks":
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and "RUNNING" not in run(
+            while time.monotonic() < deadline and processes[name].poll() is None and "RUNNING" not in run(
                     ["squeue", "-h", "-n", "fl-ntasks", "-o", "%T"], slurm_env, timeout=30).stdout:
                 time.sleep(0.2)
     results = {}
