@@ -72,8 +72,12 @@ def install_error_file_hook() -> None:
 
 
 def die_with_parent() -> None:
-    """In a process our subprocess launcher started: exit when the launching process dies, even by SIGKILL."""
+    """In a process our subprocess launcher or torchrun / fabric-run (torch elastic's agent) started: exit when the
+    launching process dies, even by SIGKILL. Elastic starts each worker in a session of its own, so a killed agent
+    would otherwise leave its workers behind, e.g. blocked for the whole timeout in a rendezvous."""
     parent = os.environ.get(PARENT_PID_VARIABLE)
+    if not parent and os.environ.get("TORCHELASTIC_RUN_ID"):
+        parent = str(os.getppid())  # the agent: it made this process and lives as long as the job
     if not parent or not sys.platform.startswith("linux"):
         return
     try:
