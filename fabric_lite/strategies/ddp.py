@@ -150,7 +150,7 @@ class DDPStrategy(Strategy):
                 f"The port may already be in use. Fix: choose a free port (fabric-run --main-port, or MASTER_PORT)."
             ) from None
 
-    def _rendezvous_store(self, address: str, port: int) -> dist.TCPStore:
+    def _rendezvous_store(self, address: str, port: int) -> dist.Store:
         """The store the ranks meet at, as ``tcp://`` init makes it, but waiting at least RENDEZVOUS_TIMEOUT.
 
         A short collective timeout (seconds, to catch hangs quickly) must not also cut the rendezvous short:
@@ -158,10 +158,15 @@ class DDPStrategy(Strategy):
         """
         # Under torchrun the agent already hosts the store at MASTER_PORT: every rank is a client then.
         agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
-        return dist.TCPStore(
+        store = dist.TCPStore(
             address, port, self.world_size, is_master=self.global_rank == 0 and not agent_store,
             timeout=max(self.timeout, RENDEZVOUS_TIMEOUT),
         )
+        if agent_store:
+            # The agent's store outlives restarts: each attempt needs keys of its own (as torch's tcp:// init
+            # does), or restarted workers read the previous attempt's addresses and cannot connect.
+            return dist.PrefixStore(f"/worker/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        return store
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
