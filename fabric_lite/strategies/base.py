@@ -34,6 +34,9 @@ class Strategy:
     #: True where a forward pass is itself a collective (parameters gathered from every rank, as in FSDP):
     #: every rank must then run the same number of batches, evaluation included (no uneven splits).
     collective_forward: bool = False
+    #: True where a step inside ``no_backward_sync`` runs no collective at all (DDP's no_sync), so one rank can
+    #: fail a step (e.g. out of memory) without leaving the others waiting in it. The tuner asks this.
+    local_steps_under_no_sync: bool = False
 
     def __init__(
         self,

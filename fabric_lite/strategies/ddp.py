@@ -47,6 +47,8 @@ class DDPStrategy(Strategy):
 
     name = "ddp"
 
+    local_steps_under_no_sync = True  # no_sync: forward and backward stay on this rank
+
     def __init__(
         self,
         accelerator: Accelerator | None = None,

@@ -148,6 +148,7 @@ class DeepSpeedStrategy(DDPStrategy):
     """
 
     name = "deepspeed"
+    local_steps_under_no_sync = False  # the engine reduces gradients in every backward
 
     def __init__(
         self,

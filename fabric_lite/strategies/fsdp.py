@@ -90,6 +90,7 @@ class FSDPStrategy(DDPStrategy):
 
     name = "fsdp"
     collective_forward = True  # each forward all-gathers the shards
+    local_steps_under_no_sync = False
 
     def __init__(
         self,

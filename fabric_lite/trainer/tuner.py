@@ -316,14 +316,10 @@ class Tuner:
 
     # ------------------------------------------------------------------------------ shared
     def _check_distributed(self, call: str) -> None:
-        from fabric_lite.strategies.ddp import DDPStrategy
-
         trainer = self._trainer
-        strategy = trainer.fabric.strategy
-        # A trial must be free of collectives between its first and last step; only DDP's no_sync gives that
-        # (sharded strategies gather parameters in every forward; DeepSpeed reduces gradients in every backward).
-        local_steps = isinstance(strategy, DDPStrategy) and type(strategy).no_backward_sync is DDPStrategy.no_backward_sync \
-            and not getattr(strategy, "collective_forward", False)
+        # A trial must be free of collectives between its first and last step; the strategy says whether its
+        # no_backward_sync gives that (DDP's no_sync does; sharded forwards and DeepSpeed's backward do not).
+        local_steps = trainer.fabric.strategy.local_steps_under_no_sync
         if trainer.world_size > 1 and not local_steps:
             raise ConfigurationError(
                 f"{call} with strategy={trainer.fabric.plan.strategy!r} on {trainer.world_size} processes: its training steps "
