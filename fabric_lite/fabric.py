@@ -89,6 +89,7 @@ class Fabric:
         loggers = [] if loggers is None else loggers
         self._loggers = list(loggers) if isinstance(loggers, (list, tuple)) else [loggers]
         self._models_setup = 0
+        self._optimizers_setup = 0
         self._launched = False
         self._environment_ready = False
         self._launcher = make_launcher(self._plan)
@@ -213,6 +214,7 @@ class Fabric:
         fabric_module = FabricModule(module, self._precision, original_module=original)
         fabric_optimizers = [wrap_optimizer(o, self._strategy) for o in wrapped_optimizers]
         self._models_setup += 1
+        self._optimizers_setup += len(fabric_optimizers)
         if not fabric_optimizers:
             return fabric_module if scheduler is None else (fabric_module, scheduler)
         result: tuple[Any, ...] = (fabric_module, *fabric_optimizers)
@@ -229,6 +231,7 @@ class Fabric:
             raise ConfigurationError("fabric.setup_optimizers() got no optimizer. Fix: fabric.setup_optimizers(optimizer).")
         check_optimizers(optimizers, "setup_optimizers")
         wrapped = [wrap_optimizer(self._strategy.setup_optimizer(o), self._strategy) for o in optimizers]
+        self._optimizers_setup += len(wrapped)
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
     def setup_dataloaders(
@@ -281,6 +284,15 @@ class Fabric:
         if self._plain_backward:
             tensor.backward(*args, **kwargs)
             return
+        if not self._optimizers_setup and not self._precision.plain_backward():
+            # The loss is scaled (GradScaler): only an optimizer stepped through Fabric unscales the gradients.
+            raise UsageError(
+                f"fabric.backward(loss) under precision={self._plan.precision!r} multiplies the loss by the "
+                f"GradScaler's scale, but no optimizer was set up with Fabric, so optimizer.step() would apply "
+                f"gradients that are too large by that factor and the weights would become inf. Fix: model, "
+                f"optimizer = fabric.setup(model, optimizer) (or fabric.setup_optimizers(optimizer) after "
+                f"fabric.setup_module(model)), and step that optimizer."
+            )
         module = model._forward_module if isinstance(model, FabricModule) else model
         self._strategy.backward(tensor, module, *args, **kwargs)
 
@@ -339,10 +351,18 @@ class Fabric:
         """Send ``obj`` (a tensor or any picklable object) from rank ``src`` to every rank."""
         return self._strategy.broadcast(obj, src=src)
 
-    def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
-        """Gather tensors (or numbers, or collections of them) from every rank; each result has a leading world_size dimension."""
+    def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False, *, same_shape: bool = False) -> Any:
+        """Gather tensors (or numbers, or collections of them) from every rank; each result has a leading world_size dimension.
+
+        Every rank first learns the others' shapes, dtypes and device types (one small extra collective), so
+        uneven first dimensions are concatenated and a dtype or device mismatch raises on every rank.
+        ``same_shape=True`` skips that exchange when you know every rank passes the same shape, dtype and
+        device type (then a mismatch is undefined behaviour, as with raw ``torch.distributed.all_gather``).
+        """
         data = convert_to_tensors(data, device=self.device)
-        return apply_to_collection(data, torch.Tensor, self._strategy.all_gather, group=group, sync_grads=sync_grads)
+        return apply_to_collection(
+            data, torch.Tensor, self._strategy.all_gather, group=group, sync_grads=sync_grads, same_shape=same_shape
+        )
 
     def all_reduce(self, data: Any, group: Any | None = None, reduce_op: str | Any = "mean") -> Any:
         """Reduce tensors (or numbers, or collections) across ranks with ``sum``, ``mean``, ``max`` or ``min``."""

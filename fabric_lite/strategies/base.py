@@ -167,7 +167,9 @@ class Strategy:
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         return obj
 
-    def all_gather(self, tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False) -> torch.Tensor:
+    def all_gather(
+        self, tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False, *, same_shape: bool = False
+    ) -> torch.Tensor:
         """Stack every rank's tensor along a new first dimension of size world_size (1 here)."""
         gathered = tensor.unsqueeze(0)
         return gathered if sync_grads else gathered.detach()

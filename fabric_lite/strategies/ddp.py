@@ -202,10 +202,12 @@ class DDPStrategy(Strategy):
         device = self.root_device if self.backend() == "nccl" else None
         return collectives.broadcast_object(obj, src=src, device=device)
 
-    def all_gather(self, tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False) -> torch.Tensor:
+    def all_gather(
+        self, tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False, *, same_shape: bool = False
+    ) -> torch.Tensor:
         if not collectives.is_initialized():
             return super().all_gather(tensor, group, sync_grads)
-        return collectives.all_gather(tensor, group=group, sync_grads=sync_grads)
+        return collectives.all_gather(tensor, group=group, sync_grads=sync_grads, same_shape=same_shape)
 
     def all_reduce(self, tensor: torch.Tensor, group: Any | None = None, reduce_op: Any = "mean") -> torch.Tensor:
         if not collectives.is_initialized():

@@ -266,7 +266,9 @@ class XLAStrategy(Strategy):
             tensor = tensor.float()
         return xm.all_reduce(_XM_OPS[op], tensor, scale=scale, groups=group)
 
-    def all_gather(self, tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False) -> torch.Tensor:
+    def all_gather(
+        self, tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False, *, same_shape: bool = False
+    ) -> torch.Tensor:
         tensor = tensor.to(self.root_device).unsqueeze(0)
         if sync_grads:
             import torch_xla.core.functions as xf

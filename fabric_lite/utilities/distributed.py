@@ -26,29 +26,42 @@ def _world(group: Any | None) -> int:
     return dist.get_world_size(group)
 
 
-def all_gather(tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False) -> torch.Tensor:
+def all_gather(
+    tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False, *, same_shape: bool = False
+) -> torch.Tensor:
     """Gather ``tensor`` from every rank.
 
     Equal shapes give a ``(world_size, *shape)`` stack. Tensors whose first dimension differs
     between ranks (the last batch of an evaluation set, say) are concatenated in rank order
-    instead of hanging: every rank first learns every other rank's shape.
+    instead of hanging: every rank first learns every other rank's shape, dtype and device type,
+    so a dtype or device mismatch raises the same error on every rank instead of returning garbage
+    or aborting the process. ``same_shape=True`` skips that exchange (one collective instead of
+    two) for callers that know every rank passes the same shape, dtype and device type.
 
     With ``sync_grads=True`` the result carries gradients back to each rank's input.
     """
+    world = _world(group)
+    tensor = tensor.contiguous()
+    if same_shape:
+        return _stack(tensor, group, sync_grads, world)
     if tensor.dim() > _MAX_DIMS:
         raise ConfigurationError(
             f"fabric.all_gather got a tensor with {tensor.dim()} dimensions; at most {_MAX_DIMS} are supported. "
             f"Fix: reshape it first."
         )
-    world = _world(group)
-    tensor = tensor.contiguous()
-    shape = torch.full((_MAX_DIMS + 1,), -1, dtype=torch.long, device=tensor.device)
-    shape[0] = tensor.dim()
+    # One header per rank: [dims, shape..., dtype code, device-type code]; -1 pads unused shape slots.
+    header = torch.full((_MAX_DIMS + 3,), -1, dtype=torch.long)
+    header[0] = tensor.dim()
     if tensor.dim():
-        shape[1 : tensor.dim() + 1] = torch.tensor(tensor.shape, dtype=torch.long)
-    shapes = [torch.empty_like(shape) for _ in range(world)]
-    dist.all_gather(shapes, shape, group=group)
-    table = [tuple(int(v) for v in s[1 : int(s[0]) + 1].tolist()) for s in shapes]
+        header[1 : tensor.dim() + 1] = torch.tensor(tensor.shape, dtype=torch.long)
+    header[-2] = _code(_DTYPES, tensor.dtype)
+    header[-1] = _code(_DEVICE_TYPES, tensor.device.type)
+    header = header.to(tensor.device)
+    headers = [torch.empty_like(header) for _ in range(world)]
+    dist.all_gather(headers, header, group=group)
+    rows = [h.tolist() for h in headers]
+    table = [tuple(int(v) for v in row[1 : int(row[0]) + 1]) for row in rows]
+    _check_same_kind(rows, world)
     if all(s == table[0] for s in table):
         return _stack(tensor, group, sync_grads, world)
     if len({len(s) for s in table}) != 1 or len(table[0]) == 0 or len({s[1:] for s in table}) != 1:
@@ -63,6 +76,39 @@ def all_gather(tensor: torch.Tensor, group: Any | None = None, sync_grads: bool 
         padded = torch.cat([tensor, pad])
     stacked = _stack(padded, group, sync_grads, world)
     return torch.cat([stacked[rank, : table[rank][0]] for rank in range(world)])
+
+
+# Codes exchanged in all_gather's header; a value missing here is sent as its own code (-2) and compared
+# by that alone, which still catches every mismatch between listed kinds.
+_DTYPES: tuple[Any, ...] = (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16, torch.int8,
+    torch.uint8, torch.bool, torch.complex64, torch.complex128,
+)
+_DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda", "xla", "mps", "meta")
+
+
+def _code(table: tuple[Any, ...], value: Any) -> int:
+    return table.index(value) if value in table else -2
+
+
+def _name(table: tuple[Any, ...], code: int) -> str:
+    return str(table[code]).replace("torch.", "") if 0 <= code < len(table) else "other"
+
+
+def _check_same_kind(rows: list[list[int]], world: int) -> None:
+    """Raise on every rank (each holds the same table) when dtypes or device types differ."""
+    dtypes = [_name(_DTYPES, row[-2]) for row in rows]
+    devices = [_name(_DEVICE_TYPES, row[-1]) for row in rows]
+    for what, values, fix in (
+        ("dtypes", dtypes, "convert it to one dtype on every rank first, e.g. tensor.float()"),
+        ("device types", devices, "move it to fabric.device on every rank first"),
+    ):
+        if len(set(values)) > 1:
+            listed = ", ".join(f"rank {rank}: {value}" for rank, value in enumerate(values))
+            raise ConfigurationError(
+                f"fabric.all_gather got tensors of different {what} on the {world} ranks ({listed}); the bytes of "
+                f"one cannot be read as the other. Fix: {fix}."
+            )
 
 
 def _stack(tensor: torch.Tensor, group: Any | None, sync_grads: bool, world: int) -> torch.Tensor:
