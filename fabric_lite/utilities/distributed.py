@@ -35,8 +35,9 @@ def all_gather(
     between ranks (the last batch of an evaluation set, say) are concatenated in rank order
     instead of hanging: every rank first learns every other rank's shape, dtype and device type,
     so a dtype or device mismatch raises the same error on every rank instead of returning garbage
-    or aborting the process. ``same_shape=True`` skips that exchange (one collective instead of
-    two) for callers that know every rank passes the same shape, dtype and device type.
+    or aborting the process. Tensors of at most 4 KiB travel inside that exchange (one collective in
+    all); larger ones need a second collective. ``same_shape=True`` skips the exchange for callers that
+    know every rank passes the same shape, dtype and device type.
 
     With ``sync_grads=True`` the result carries gradients back to each rank's input.
     """
@@ -49,26 +50,41 @@ def all_gather(
             f"fabric.all_gather got a tensor with {tensor.dim()} dimensions; at most {_MAX_DIMS} are supported. "
             f"Fix: reshape it first."
         )
-    # One header per rank: [dims, shape..., dtype code, device-type code]; -1 pads unused shape slots.
+    # One header per rank, [dims, shape..., dtype code, device-type code] (-1 pads unused shape slots),
+    # followed by the tensor's own bytes when they fit in _INLINE_BYTES: small tensors (metrics, counts)
+    # then travel in this one collective, larger ones in a second one once every shape is known.
     header = torch.full((_MAX_DIMS + 3,), -1, dtype=torch.long)
     header[0] = tensor.dim()
     if tensor.dim():
         header[1 : tensor.dim() + 1] = torch.tensor(tensor.shape, dtype=torch.long)
     header[-2] = _code(_DTYPES, tensor.dtype)
     header[-1] = _code(_DEVICE_TYPES, tensor.device.type)
-    header = header.to(tensor.device)
-    headers = [torch.empty_like(header) for _ in range(world)]
-    dist.all_gather(headers, header, group=group)
-    rows = [h.tolist() for h in headers]
+    header_bytes = header.view(torch.uint8)
+    nbytes = tensor.numel() * tensor.element_size()
+    packet = torch.zeros(header_bytes.numel() + _INLINE_BYTES, dtype=torch.uint8, device=tensor.device)
+    packet[: header_bytes.numel()] = header_bytes.to(tensor.device)
+    inline = not sync_grads and nbytes <= _INLINE_BYTES and header[-2] >= 0
+    if inline and nbytes:
+        packet[header_bytes.numel() : header_bytes.numel() + nbytes] = tensor.detach().reshape(-1).view(torch.uint8)
+    packets = _stack(packet, group, False, world)
+    rows = [packets[rank, : header_bytes.numel()].cpu().view(torch.long).tolist() for rank in range(world)]
     table = [tuple(int(v) for v in row[1 : int(row[0]) + 1]) for row in rows]
     _check_same_kind(rows, world)
+    # Every rank decides from the same gathered rows, so all take the same branch below.
+    if not sync_grads and all(row[-2] >= 0 and _numel(shape) * _DTYPES[row[-2]].itemsize <= _INLINE_BYTES
+                              for row, shape in zip(rows, table)):
+        parts = [
+            packets[rank, header_bytes.numel() : header_bytes.numel() + _numel(table[rank]) * tensor.element_size()]
+            .view(tensor.dtype).reshape(table[rank])
+            for rank in range(world)
+        ]
+        if all(shape == table[0] for shape in table):
+            return torch.stack(parts)
+        _check_trailing(table, world)
+        return torch.cat(parts)
     if all(s == table[0] for s in table):
         return _stack(tensor, group, sync_grads, world)
-    if len({len(s) for s in table}) != 1 or len(table[0]) == 0 or len({s[1:] for s in table}) != 1:
-        raise ConfigurationError(
-            f"fabric.all_gather got tensors of shapes {table} on the {world} ranks; only the first dimension may "
-            f"differ between ranks. Fix: gather tensors of the same trailing shape (pad or reshape them)."
-        )
+    _check_trailing(table, world)
     longest = max(s[0] for s in table)
     padded = tensor
     if tensor.shape[0] < longest:
@@ -77,6 +93,24 @@ def all_gather(
     stacked = _stack(padded, group, sync_grads, world)
     return torch.cat([stacked[rank, : table[rank][0]] for rank in range(world)])
 
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _check_trailing(table: list[tuple[int, ...]], world: int) -> None:
+    if len({len(s) for s in table}) != 1 or len(table[0]) == 0 or len({s[1:] for s in table}) != 1:
+        raise ConfigurationError(
+            f"fabric.all_gather got tensors of shapes {table} on the {world} ranks; only the first dimension may "
+            f"differ between ranks. Fix: gather tensors of the same trailing shape (pad or reshape them)."
+        )
+
+
+#: Tensors up to this many bytes travel inside all_gather's header collective (one collective in all).
+_INLINE_BYTES = 4096
 
 # Codes exchanged in all_gather's header; a value missing here is sent as its own code (-2) and compared
 # by that alone, which still catches every mismatch between listed kinds.

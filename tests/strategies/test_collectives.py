@@ -21,6 +21,7 @@ def test_all_gather_dtype_mismatch_raises_on_every_rank(tmp_path):
             ("float_vs_int", "float32", "int32"),
             ("float_vs_double", "float32", "float64"),
             ("uneven_mismatch", "float32", "float16"),
+            ("big_mismatch", "float32", "float64"),
         ):
             assert seen[case]["error"] == "ConfigurationError", seen[case]
             assert f"different dtypes on the 2 ranks (rank 0: {first}, rank 1: {second})" in seen[case]["message"]
@@ -28,3 +29,9 @@ def test_all_gather_dtype_mismatch_raises_on_every_rank(tmp_path):
         assert seen["after"]["value"] == [[0.0], [1.0]]
         assert seen["fast_path"]["value"] == [[0.0, 0.0], [1.0, 1.0]]
         assert seen["uneven"]["value"] == [0.0, 0.0, 1.0]
+        assert seen["big_equal"]["value"] == [0.0, 3000.0]
+        assert seen["big_uneven"]["value"] == [1500 + 2500, 2]
+        assert seen["mixed_sizes"]["value"] == [1501.0]
+        assert seen["bool"]["value"] == [[True, False], [True, True]]
+        assert seen["bf16_scalar"]["value"] == [0.5, 1.5]
+        assert seen["empty"]["value"] == [1, 2]

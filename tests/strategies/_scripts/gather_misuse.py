@@ -31,6 +31,14 @@ def main(fabric: Fabric, out: str) -> None:
         "after": attempt(lambda: fabric.all_gather(torch.tensor([float(rank)]))),
         "fast_path": attempt(lambda: fabric.all_gather(torch.full((2,), float(rank)), same_shape=True)),
         "uneven": attempt(lambda: fabric.all_gather(torch.arange(rank + 1.0))),
+        # past the 4 KiB that travel inside the header exchange: the second collective
+        "big_mismatch": attempt(lambda: fabric.all_gather(torch.ones(3000, dtype=torch.float32 if rank == 0 else torch.float64))),
+        "big_equal": attempt(lambda: fabric.all_gather(torch.full((3000,), float(rank))).sum(dim=1)),
+        "big_uneven": attempt(lambda: torch.tensor(fabric.all_gather(torch.full((1500 + rank * 1000, 2), float(rank))).shape)),
+        "mixed_sizes": attempt(lambda: fabric.all_gather(torch.full((1 + rank * 1500,), float(rank))).sum().reshape(1)),
+        "bool": attempt(lambda: fabric.all_gather(torch.tensor([True, rank == 1]))),
+        "bf16_scalar": attempt(lambda: fabric.all_gather(torch.tensor(rank + 0.5, dtype=torch.bfloat16)).float()),
+        "empty": attempt(lambda: torch.tensor(fabric.all_gather(torch.ones(rank, 2)).shape)),
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
 
