@@ -172,3 +172,26 @@ def test_fork_after_cuda_initialised_is_refused():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "forks processes, but CUDA is already initialised in this process" in result.stderr
+
+
+def test_16_mixed_backward_without_a_set_up_optimizer_is_refused_on_cuda():
+    from fabric_lite.errors import UsageError
+
+    fabric = Fabric(accelerator="cuda", devices=1, precision="16-mixed")
+    model = nn.Linear(3, 1)
+    raw_optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model = fabric.setup_module(model)
+    with pytest.raises(UsageError, match="no optimizer was set up with Fabric"):
+        fabric.backward(model(torch.ones(4, 3, device="cuda")).sum())
+    optimizer = fabric.setup_optimizers(raw_optimizer)
+    for _ in range(3):
+        fabric.backward(model(torch.ones(4, 3, device="cuda")).sum())
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_all_gather_single_process_keeps_dtype_on_cuda():
+    fabric = Fabric(accelerator="cuda", devices=1)
+    out = fabric.all_gather(torch.ones(3, dtype=torch.bfloat16, device="cuda"))
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 3) and out.device.type == "cuda"
