@@ -231,6 +231,7 @@ class LoaderProgress:
         self.position = pending.position if pending is not None else 0
         self.finished = False
         wrapper: _ResumeAt | None = None
+        exhausted = False
         try:
             if pending is None:
                 self._record_start(dataloader)
@@ -240,15 +241,20 @@ class LoaderProgress:
                     self._adopt(pending, capture_rng(dataloader, cuda=False))
                     if _persistent(dataloader) and getattr(dataloader, "_iterator", None) is None:
                         self._pending = _Pending(0, None, self.pool_start, False)  # the next epoch reuses the pool
+                    exhausted = True
                     return  # the interrupted epoch had handed out every batch: nothing is left in it
                 iterator, wrapper = self._resume(dataloader, pending)
             for batch in iterator:
                 self.position += 1
                 yield batch
+            exhausted = True
         finally:
             if wrapper is not None:
                 wrapper.close()  # in case the loader never asked for an index
-            self.finished = True  # exhausted, or abandoned (a `break` closes this generator)
+            # A loop left early (`break` or `return` close this generator; an exception) leaves the epoch in
+            # progress at `position`: a checkpoint written now continues it. In this process the next
+            # iter(loader) still starts a new epoch (``_pending`` is None), as with a plain DataLoader.
+            self.finished = exhausted
 
     def _record_start(self, dataloader: DataLoader) -> None:
         persistent = _persistent(dataloader)

@@ -113,20 +113,27 @@ def loader_of(fabric, n=12, **kwargs):
     return fabric.setup_dataloaders(DataLoader(TensorDataset(torch.arange(n)), batch_size=2, shuffle=True, **kwargs))
 
 
-def test_a_loop_left_with_break_starts_a_new_epoch_after_resume(tmp_path):
+def test_a_loop_left_with_break_is_continued_after_resume_and_restarted_in_process(tmp_path):
     fabric = Fabric(accelerator="cpu")
     torch.manual_seed(0)
+    straight = [b[0].tolist() for b in loader_of(fabric)]  # the epoch as an uninterrupted run sees it
+    torch.manual_seed(0)
     loader = loader_of(fabric)
-    for i, _ in enumerate(loader):
-        if i == 2:
-            break  # the epoch was abandoned: its iterator is closed
+    seen = []
+    for batch in loader:
+        seen.append(batch[0].tolist())
+        if len(seen) == 2:
+            break  # the epoch is left: its iterator is closed before the save
     fabric.save(tmp_path / "a.ckpt", {"loader": loader})
-    expected = [b[0].tolist() for b in loader]  # what the original run does next: a whole new epoch
+    assert torch.load(tmp_path / "a.ckpt", weights_only=True)["loader"]["ranks"][0]["position"] == 2
+    rest_of_epoch = [b[0].tolist() for b in loader]  # in this process a new iter(loader) starts a new epoch...
+    assert len(rest_of_epoch) == 6 and sorted(sum(rest_of_epoch, [])) == list(range(12))
 
     other = loader_of(Fabric(accelerator="cpu"))
     torch.manual_seed(123)
     fabric.load(tmp_path / "a.ckpt", {"loader": other})
-    assert [b[0].tolist() for b in other] == expected and len(expected) == 6
+    continued = [b[0].tolist() for b in other]  # ...but a resumed loader continues the epoch that was left
+    assert seen + continued == straight and len(continued) == 4
 
 
 def test_state_dict_of_one_loader_round_trips_without_fabric_save():
@@ -212,3 +219,40 @@ def test_generators_of_the_loader_and_sampler_are_restored(tmp_path):
     other = build(77)  # another seed: only the checkpoint can make it match
     other.load_state_dict(state)
     assert [b[0].tolist() for b in other] + [b[0].tolist() for b in other] == expected
+
+
+# ------------------------------------------------------------------- a job that leaves its loop, then saves
+LEAVE_EARLY = str(Path(__file__).parent / "_scripts" / "leave_early.py")
+LEFT_LOOPS = {  # strategy: (command-line arguments, ranks, cases: <how>-w<num_workers>[-p], see the script)
+    "single": ([], 1, ["break-w0", "end-w0", "return-w0", "end-w2"]),
+    "ddp": (["--strategy", "ddp", "--devices", "2"], 2, ["break-w0", "end-w0", "return-w0"]),
+}
+
+
+@pytest.fixture(scope="module", params=list(LEFT_LOOPS))
+def left_loops(request, tmp_path_factory):
+    arguments, ranks, cases = LEFT_LOOPS[request.param]
+    out = tmp_path_factory.mktemp(f"left-{request.param}")
+    for phase in ("first", "second"):  # the straight run and the one that leaves its loop; then a new process
+        result = subprocess.run([sys.executable, LEAVE_EARLY, str(out), *cases, "--phase", phase, *arguments],
+                                capture_output=True, text=True, timeout=300, env=ENV, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+    def load(name):
+        return torch.load(out / name, weights_only=True)
+
+    return request.param, {(case, r): (load(f"first-{case}-rank{r}.pt"), load(f"second-{case}-rank{r}.pt"))
+                           for case in cases for r in range(ranks)}
+
+
+def test_a_loop_left_with_break_or_return_resumes_bitwise_like_the_uninterrupted_run(left_loops):
+    # break / return in the middle of an epoch, break right after the last batch of an epoch (the loop's own epoch
+    # counter not yet advanced: the resumed epoch has nothing left), random draws in __getitem__ in the main
+    # process and in (persistent) worker processes, a stateful IterableDataset; one process and 2 DDP ranks.
+    strategy, results = left_loops
+    for (case, rank), (first, second) in results.items():
+        straight, before, after = first["straight"], first["first"], second["second"]
+        assert len(before["batches"]) == first["stop"] and len(after["batches"]) == first["total"] - first["stop"]
+        where = f"{strategy}, {case}, rank {rank}"
+        for key in ("batches", "samples", "losses", "epochs"):
+            assert equal_lists(straight[key], before[key] + after[key]), f"{key} differ ({where})"
+        assert equal_lists(straight["params"], after["params"]), f"final parameters differ ({where})"
