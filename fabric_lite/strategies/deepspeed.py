@@ -23,6 +23,14 @@ from torch import nn
 from torch.optim import Optimizer
 
 from fabric_lite.accelerators import Accelerator
+from fabric_lite.checkpoint.deepspeed_universal import (
+    UNIVERSAL,
+    check_reshardable,
+    loading_universal,
+    restore_buffers,
+    saved_layout,
+    universal_folder,
+)
 from fabric_lite.checkpoint.io import _fsync_dir, atomic_save
 from fabric_lite.checkpoint.sharded import MARKER, _move_into_place, _temporary_sibling
 from fabric_lite.checkpoint.state import META_KEY, restore_state, to_saveable
@@ -583,10 +591,14 @@ class DeepSpeedStrategy(DDPStrategy):
                     f"fabric.load(path, state, weights_only=False)."
                 )
         engine, module_key, optimizer_key = self._engine_in_state(state, asked=f"fabric.load({source!r}, state)")
-        load_path, client = engine.load_checkpoint(
-            str(folder), tag=TAG, load_module_strict=strict,
-            load_optimizer_states=optimizer_key is not None, load_lr_scheduler_states=False,
-        )
+        universal = self._universal_for(folder, engine, asked=f"fabric.load({source!r})")
+        with loading_universal(engine) if universal else contextlib.nullcontext():
+            load_path, client = engine.load_checkpoint(
+                str(universal or folder), tag=TAG, load_module_strict=strict,
+                load_optimizer_states=optimizer_key is not None, load_lr_scheduler_states=False,
+            )
+        if universal and load_path is not None:
+            restore_buffers(engine, folder / TAG)
         if load_path is None or client is None:
             raise CheckpointError(
                 f"fabric.load({source!r}): DeepSpeed could not load the checkpoint (see its log above). "
@@ -601,6 +613,30 @@ class DeepSpeedStrategy(DDPStrategy):
         for key, value in rest.items():
             state[key] = value  # plain values were replaced in ``rest``
         return remainder
+
+    def _universal_for(self, folder: Path, engine: DeepSpeedEngine, *, asked: str) -> Path | None:
+        """The universal form of a ZeRO checkpoint saved on another number of ranks (converted once, by rank 0);
+        None when the engine reads the folder as it is (same world size, or no ZeRO shards)."""
+        now = engine.seq_dp_world_size
+        layout = saved_layout(folder / TAG) if self.is_global_zero else None
+        saved, stage = self.broadcast(layout)
+        if saved == now or stage == 0 or engine.optimizer is None or not engine.zero_optimization():
+            # Stage 0 keeps the whole optimizer in rank 0's file, which any world size reads; an engine without
+            # optimizer (inference) reads the weights through DeepSpeed's own path.
+            return None
+        failure: Exception | None = None
+        if self.is_global_zero:
+            try:
+                check_reshardable(folder / TAG, asked=asked, saved=saved, now=now)
+                universal_folder(folder, TAG)
+            except Exception as raised:  # noqa: BLE001 - re-raised below, after the other ranks are told
+                failure = raised
+        error = self.broadcast(None if failure is None else str(failure))  # no rank is left waiting in a collective
+        if failure is not None:
+            raise failure
+        if error is not None:
+            raise CheckpointError(error)
+        return folder / UNIVERSAL
 
     def _engine_in_state(self, state: Mapping[str, Any], *, asked: str) -> tuple[DeepSpeedEngine, str, str | None]:
         """The one engine in ``state``, its key, and the key of its optimizer (None when absent)."""

@@ -1,0 +1,137 @@
+"""DeepSpeed checkpoints at another world size: DeepSpeed's universal checkpoint, made once inside the folder.
+
+A ZeRO (stage 1-3) folder holds the optimizer state cut into as many shards as ranks saved it. On
+another number of ranks the engine can only read it after DeepSpeed's own conversion
+(``deepspeed.checkpoint.ds_to_universal``), which writes every parameter's fp32 weights and Adam
+moments whole. The conversion is written once, into ``<folder>/universal`` (complete when renamed into
+place, with its marker), so it goes away with the checkpoint it was made from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fabric_lite.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
+#: The sub-folder of a DeepSpeed checkpoint folder that holds its universal form.
+UNIVERSAL = "universal"
+MARKER = "COMPLETE"
+#: The per-parameter optimizer state that ds_to_universal can reshard (it reads exactly these: Adam's).
+_RESHARDABLE = {"exp_avg", "exp_avg_sq"}
+
+
+def _load(file: Path) -> dict[str, Any]:
+    # The caller has already checked the folder against the weights-only allow-list (or was told to trust it).
+    return torch.load(file, map_location="cpu", weights_only=False, mmap=True)
+
+
+def saved_layout(tag_folder: Path) -> tuple[int, int]:
+    """(data-parallel world size, ZeRO stage) the checkpoint in ``tag_folder`` was saved with; stage 0: no ZeRO."""
+    from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT, ZERO_STAGE
+
+    model_states = min(tag_folder.glob("*model_states.pt"))  # every rank's file records the same world size
+    world_size = int(_load(model_states)["dp_world_size"])
+    optim_files = sorted(tag_folder.glob("*optim_states.pt"))
+    stage = int(_load(optim_files[0]).get(OPTIMIZER_STATE_DICT, {}).get(ZERO_STAGE, 0)) if optim_files else 0
+    return world_size, stage
+
+
+def check_reshardable(tag_folder: Path, *, asked: str, saved: int, now: int) -> None:
+    """Raise unless DeepSpeed's conversion can reshard this checkpoint's optimizer state (Adam-style moments)."""
+    from deepspeed.checkpoint.constants import BASE_OPTIMIZER_STATE, OPTIMIZER_STATE_DICT
+
+    optim = _load(min(tag_folder.glob("*optim_states.pt")))[OPTIMIZER_STATE_DICT]
+    base = optim.get(BASE_OPTIMIZER_STATE) or optim.get(OPTIMIZER_STATE_DICT) or {}  # stage 1-2, stage 3
+    keys = sorted({key for group in base.get("state", {}).values() for key in group} - {"step"})
+    if keys and set(keys) <= _RESHARDABLE:
+        return
+    why = (
+        f"its optimizer state holds {', '.join(repr(k) for k in keys)}, and DeepSpeed's universal checkpoint "
+        f"reshards only Adam-style state ('exp_avg', 'exp_avg_sq')"
+        if keys else
+        "it holds no optimizer state yet (it was saved before the first optimizer step), which DeepSpeed's "
+        "universal checkpoint conversion needs"
+    )
+    raise CheckpointError(
+        f"{asked} cannot load a ZeRO checkpoint saved on {saved} ranks into {now} ranks: {why}. Fix: load it on "
+        f"{saved} ranks; or, to start with a fresh optimizer, make one file with "
+        f"consolidate_deepspeed_checkpoint(folder, 'weights.ckpt') and load its weights into the model before "
+        f"fabric.setup (model.load_state_dict(torch.load('weights.ckpt')['model']))."
+    )
+
+
+def universal_folder(folder: Path, tag: str) -> Path:
+    """``<folder>/universal``, made by rank 0 from ``<folder>/<tag>`` if it is not there yet; returns its path.
+
+    Atomic: written under a temporary name, marked complete, then renamed; a conversion that another job
+    finished first is kept and ours discarded.
+    """
+    target = folder / UNIVERSAL
+    if (target / MARKER).is_file():
+        return target
+    from deepspeed.checkpoint import ds_to_universal
+
+    shutil.rmtree(target, ignore_errors=True)  # no marker: not ours to trust (never renamed into place complete)
+    staging = folder / f".{UNIVERSAL}.{os.getpid()}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    args = argparse.Namespace(
+        input_folder=str(folder / tag), output_folder=str(staging / tag),
+        # One process: forking a rank that holds a process group and DeepSpeed's threads is not safe.
+        num_extract_workers=1, num_merge_workers=1,
+        keep_temp_folder=False, strict=True,
+        # fabric_lite's engines carry no Megatron tensor-parallel description; plain data parallel needs none.
+        inject_missing_state=True,
+    )
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            ds_to_universal.main(args)  # also writes staging/latest_universal, next to the tag folder
+        (staging / MARKER).write_text("fabric_lite: DeepSpeed universal checkpoint, complete\n")
+        try:
+            os.replace(staging, target)
+        except OSError:  # another job renamed its conversion into place first
+            if not (target / MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def loading_universal(engine: DeepSpeedEngine) -> Iterator[None]:
+    """Let an engine built without ``checkpoint: {load_universal: true}`` read one universal checkpoint.
+
+    DeepSpeed reads this flag only while loading (engine.load_checkpoint and the ZeRO optimizers' loaders),
+    so turning it on for one load is the same as building the engine with it, without rebuilding.
+    """
+    config = engine._config
+    before = config.load_universal_checkpoint
+    config.load_universal_checkpoint = True
+    try:
+        yield
+    finally:
+        config.load_universal_checkpoint = before
+
+
+def restore_buffers(engine: DeepSpeedEngine, tag_folder: Path) -> None:
+    """Copy the saved buffers (e.g. BatchNorm statistics) into the module: the universal loader restores
+    only parameters. Buffers are whole on every rank at every stage, so rank 0's file holds them all."""
+    from deepspeed.checkpoint.constants import BUFFER_NAMES
+
+    states = _load(min(tag_folder.glob("*model_states.pt")))
+    saved = states["module"]
+    with torch.no_grad():
+        for name in states.get(BUFFER_NAMES, []):
+            if name in saved:
+                engine.module.get_buffer(name).copy_(saved[name])
