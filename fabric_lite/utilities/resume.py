@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
 from fabric_lite.errors import CheckpointError, ConfigurationError
+from fabric_lite.utilities.worker_rng import Tagged, WorkerStates, tracks_workers, wrapped_for_pool
 
 FORMAT = 1
 #: Keys of the entry ``fabric.save`` writes for a loader: one state per rank.
@@ -198,6 +199,7 @@ class _Pending:
     epoch_start: dict[str, Any] | None  # None: a new epoch starts at the restored state
     pool_start: dict[str, Any] | None
     pool_fresh: bool
+    worker_states: list[Any] | None = None  # per worker id: its random state before its next batch (None: seeded)
 
 
 class LoaderProgress:
@@ -215,6 +217,7 @@ class LoaderProgress:
         self.epoch_start: dict[str, Any] | None = None  # random state before the epoch's iterator was made
         self.pool_start: dict[str, Any] | None = None  # the same, for the epoch that made the worker pool in use
         self.pool_fresh = True
+        self.workers = WorkerStates()
         self._pending: _Pending | None = None
 
     def next_epoch(self) -> int:
@@ -232,20 +235,33 @@ class LoaderProgress:
         self.finished = False
         wrapper: _ResumeAt | None = None
         exhausted = False
+        drop = 0
+        tracked = tracks_workers(dataloader)
         try:
             if pending is None:
                 self._record_start(dataloader)
-                iterator = iter(dataloader)
+                if tracked:
+                    with wrapped_for_pool(dataloader, None):
+                        iterator = iter(dataloader)
+                else:
+                    iterator = iter(dataloader)
             else:
                 if resuming and _known_length(dataloader) is not None and self.position >= _known_length(dataloader):
                     self._adopt(pending, capture_rng(dataloader, cuda=False))
                     if _persistent(dataloader) and getattr(dataloader, "_iterator", None) is None:
-                        self._pending = _Pending(0, None, self.pool_start, False)  # the next epoch reuses the pool
+                        # The next epoch reuses the pool: same base seed, workers where they were.
+                        self._pending = _Pending(0, None, self.pool_start, False, pending.worker_states)
                     exhausted = True
                     return  # the interrupted epoch had handed out every batch: nothing is left in it
-                iterator, wrapper = self._resume(dataloader, pending)
+                iterator, wrapper, drop = self._resume(dataloader, pending, tracked)
             for batch in iterator:
+                if type(batch) is Tagged:
+                    self.workers.record(self.epochs_started, self.position, batch)
+                    batch = batch.batch
                 self.position += 1
+                if drop:  # made again only to bring its worker's random state to where it was
+                    drop -= 1
+                    continue
                 yield batch
             exhausted = True
         finally:
@@ -263,6 +279,7 @@ class LoaderProgress:
         self.epoch_start = capture_rng(dataloader, cuda=False)
         if fresh:
             self.pool_start = self.epoch_start
+            self.workers.reset()
         self.pool_fresh = fresh
 
     def _adopt(self, pending: _Pending, now: dict[str, Any]) -> None:
@@ -270,7 +287,7 @@ class LoaderProgress:
         self.pool_start = pending.pool_start if pending.pool_start is not None else self.epoch_start
         self.pool_fresh = pending.pool_fresh
 
-    def _resume(self, dataloader: DataLoader, pending: _Pending) -> tuple[Iterator[Any], _ResumeAt]:
+    def _resume(self, dataloader: DataLoader, pending: _Pending, tracked: bool) -> tuple[Iterator[Any], _ResumeAt, int]:
         now = capture_rng(dataloader, cuda=False)  # what fabric.load restored: the training loop's state
         start = pending.epoch_start if pending.epoch_start is not None else now
         # The random state at the sampler's draw in the original epoch: the epoch start, advanced by the
@@ -281,15 +298,26 @@ class LoaderProgress:
         at_draw = capture_rng(dataloader, cuda=False)
         # The iterator made now draws the same base seed (so the same worker seeds) as the original one.
         restore_rng(start if pending.pool_fresh else (pending.pool_start or start), dataloader)
+        # Workers take batches in turn from worker 0 in a new pool: restart at the last multiple of num_workers
+        # so that each batch is made by the worker (id, seed, random state) that made it originally, and make
+        # the few batches between there and the position again (dropped, never handed out).
+        skip = pending.position - pending.position % dataloader.num_workers if tracked else pending.position
+        self.position = skip
+        if tracked:
+            self.workers.reset(self.epochs_started, pending.worker_states)
         # Mid-epoch the original draw happened before the checkpoint: afterwards the loop's state is put back.
-        wrapper = _install(dataloader, pending.position, at_draw, now if pending.epoch_start is not None else None)
+        wrapper = _install(dataloader, skip, at_draw, now if pending.epoch_start is not None else None)
         try:
-            iterator = iter(dataloader)
+            if tracked:
+                with wrapped_for_pool(dataloader, pending.worker_states):
+                    iterator = iter(dataloader)
+            else:
+                iterator = iter(dataloader)
         except BaseException:
             wrapper.close()
             raise
         self._adopt(pending, now)
-        return iterator, wrapper
+        return iterator, wrapper, pending.position - skip
 
     # ------------------------------------------------------------------------- state
     def state_dict(self, dataloader: DataLoader) -> dict[str, Any]:
@@ -304,7 +332,18 @@ class LoaderProgress:
             "pool_fresh": self.pool_fresh,
             "persistent": _persistent(dataloader),
             "rng": capture_rng(dataloader),
+            "worker_states": self._worker_states(dataloader),
+            "dataset": _dataset_state(dataloader),
         }
+
+    def _worker_states(self, dataloader: DataLoader) -> list[Any] | None:
+        """Per worker: its state before its next batch (of the batch a resume restarts at, or of the next epoch)."""
+        if not tracks_workers(dataloader) or self.epochs_started == 0:
+            return None
+        length = _known_length(dataloader)
+        mid_epoch = not self.finished and (length is None or self.position < length)
+        cut = self.position - self.position % dataloader.num_workers if mid_epoch else None
+        return self.workers.before(self.epochs_started, cut, dataloader.num_workers)
 
     def load_state_dict(self, state: Mapping[str, Any], dataloader: DataLoader) -> None:
         state = self._own(state)
@@ -321,12 +360,16 @@ class LoaderProgress:
                 f"world size as in the run that saved it, or leave the loader out of the state you load."
             )
         in_progress = not state["finished"] and state["epochs_started"] > 0
-        if in_progress and state["position"] > 0 and isinstance(dataloader.dataset, IterableDataset):
-            raise ConfigurationError(
-                f"The checkpoint stopped an IterableDataset loader after {state['position']} batches, but an "
-                f"IterableDataset has no sampler to start at that batch. Fix: save at the end of an epoch, or use a "
-                f"map-style Dataset (with __getitem__ and __len__)."
-            )
+        dataset = dataloader.dataset
+        if in_progress and state["position"] > 0 and isinstance(dataset, IterableDataset):
+            if state.get("dataset") is None or _dataset_state(dataloader, load=True) is None:
+                raise ConfigurationError(
+                    f"The checkpoint stopped an IterableDataset loader after {state['position']} batches; it can "
+                    f"continue there only if the dataset has state_dict() and load_state_dict() (its position) and the "
+                    f"loader has num_workers=0 (each worker's copy has a position of its own), in the run that saved "
+                    f"and in this one ({type(dataset).__name__}, num_workers={dataloader.num_workers}). Fix: add the "
+                    f"two methods and use num_workers=0, save at the end of an epoch, or use a map-style Dataset."
+                )
         rng = state["rng"]
         if len(rng.get("generators", [])) != len(_generators(dataloader)):
             raise CheckpointError(
@@ -335,16 +378,20 @@ class LoaderProgress:
                 f"that saved it (the same generator= arguments)."
             )
         restore_rng(rng, dataloader)
+        if in_progress and state["position"] > 0 and isinstance(dataset, IterableDataset):
+            dataset.load_state_dict(state["dataset"])  # type: ignore[attr-defined]  # its next iter continues
         self.epochs_started = int(state["epochs_started"])
         self.position = int(state["position"])
         self.finished = bool(state["finished"])
         epoch_start = state["epoch_start"]
         pool_start = state["pool_start"] if state["pool_start"] is not None else epoch_start
+        workers = state.get("worker_states")
         if in_progress:
-            self._pending = _Pending(self.position, epoch_start, pool_start, bool(state["pool_fresh"]))
+            self._pending = _Pending(self.position, epoch_start, pool_start, bool(state["pool_fresh"]), workers)
         elif state["persistent"] and pool_start is not None and _persistent(dataloader):
-            # A new epoch, but the original run kept its worker pool: make the pool with the same base seed.
-            self._pending = _Pending(0, None, pool_start, False)
+            # A new epoch, but the original run kept its worker pool: make the pool with the same base seed, and
+            # its workers with the random states they had.
+            self._pending = _Pending(0, None, pool_start, False, workers)
         else:
             self._pending = None
 
@@ -364,6 +411,16 @@ class LoaderProgress:
 
 def _persistent(dataloader: DataLoader) -> bool:
     return dataloader.num_workers > 0 and bool(dataloader.persistent_workers)
+
+
+def _dataset_state(dataloader: DataLoader, *, load: bool = False) -> Any:
+    """An IterableDataset's own state (``state_dict()``) where it is the loader's position: no worker processes."""
+    dataset = dataloader.dataset
+    if not isinstance(dataset, IterableDataset) or dataloader.num_workers > 0:
+        return None
+    if not callable(getattr(dataset, "state_dict", None)) or not callable(getattr(dataset, "load_state_dict", None)):
+        return None
+    return True if load else dataset.state_dict()
 
 
 def _known_length(dataloader: DataLoader) -> int | None:

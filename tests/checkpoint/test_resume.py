@@ -179,7 +179,7 @@ class Stream(IterableDataset):
         return iter(range(6))
 
 
-def test_iterable_dataset_cannot_resume_mid_epoch_but_can_at_its_end():
+def test_iterable_dataset_without_state_cannot_resume_mid_epoch_but_can_at_its_end():
     fabric = Fabric(accelerator="cpu")
     loader = fabric.setup_dataloaders(DataLoader(Stream(), batch_size=2))
     iterator = iter(loader)
@@ -189,11 +189,46 @@ def test_iterable_dataset_cannot_resume_mid_epoch_but_can_at_its_end():
     at_end = loader.state_dict()
     other = fabric.setup_dataloaders(DataLoader(Stream(), batch_size=2))
     with pytest.raises(ConfigurationError, match=re.escape(
-        "The checkpoint stopped an IterableDataset loader after 1 batches, but an IterableDataset has no sampler to "
-        "start at that batch. Fix: save at the end of an epoch, or use a map-style Dataset")):
+        "The checkpoint stopped an IterableDataset loader after 1 batches; it can continue there only if the dataset "
+        "has state_dict() and load_state_dict() (its position) and the loader has num_workers=0 (each worker's copy "
+        "has a position of its own), in the run that saved and in this one (Stream, num_workers=0). Fix: add the two "
+        "methods and use num_workers=0, save at the end of an epoch, or use a map-style Dataset.")):
         other.load_state_dict(mid_epoch)
     other.load_state_dict(at_end)
     assert [b.tolist() for b in other] == [[0, 1], [2, 3], [4, 5]]
+
+
+class StatefulStream(Stream):
+    def __init__(self):
+        self.offset = 0
+
+    def __iter__(self):
+        while self.offset < 6:
+            self.offset += 1
+            yield self.offset - 1
+        self.offset = 0
+
+    def state_dict(self):
+        return {"offset": self.offset}
+
+    def load_state_dict(self, state):
+        self.offset = state["offset"]
+
+
+def test_stateful_iterable_dataset_resumes_mid_epoch_only_without_workers():
+    fabric = Fabric(accelerator="cpu")
+    loader = fabric.setup_dataloaders(DataLoader(StatefulStream(), batch_size=2))
+    for _ in loader:
+        break
+    state = loader.state_dict()
+    other = fabric.setup_dataloaders(DataLoader(StatefulStream(), batch_size=2))
+    other.load_state_dict(state)
+    assert [b.tolist() for b in other] == [[2, 3], [4, 5]]
+    with_workers = fabric.setup_dataloaders(DataLoader(StatefulStream(), batch_size=2, num_workers=1))
+    with pytest.raises(ConfigurationError, match=re.escape(
+        "in the run that saved and in this one (StatefulStream, num_workers=1). Fix: add the two methods and use "
+        "num_workers=0")):
+        with_workers.load_state_dict(state)
 
 
 def test_loader_with_other_generators_is_refused():
@@ -224,8 +259,8 @@ def test_generators_of_the_loader_and_sampler_are_restored(tmp_path):
 # ------------------------------------------------------------------- a job that leaves its loop, then saves
 LEAVE_EARLY = str(Path(__file__).parent / "_scripts" / "leave_early.py")
 LEFT_LOOPS = {  # strategy: (command-line arguments, ranks, cases: <how>-w<num_workers>[-p], see the script)
-    "single": ([], 1, ["break-w0", "end-w0", "return-w0", "end-w2"]),
-    "ddp": (["--strategy", "ddp", "--devices", "2"], 2, ["break-w0", "end-w0", "return-w0"]),
+    "single": ([], 1, ["break-w0", "end-w0", "return-w0", "stream-w0", "break-w3", "end-w2-p", "return-w2-p"]),
+    "ddp": (["--strategy", "ddp", "--devices", "2"], 2, ["break-w0", "end-w0", "return-w0", "break-w2"]),
 }
 
 
