@@ -65,8 +65,8 @@ def check_reshardable(tag_folder: Path, *, asked: str, saved: int, now: int) -> 
         "universal checkpoint conversion needs"
     )
     raise CheckpointError(
-        f"{asked} cannot load a ZeRO checkpoint saved on {saved} ranks into {now} ranks: {why}. Fix: load it on "
-        f"{saved} ranks; or, to start with a fresh optimizer, make one file with "
+        f"{asked} cannot load a ZeRO checkpoint saved at world size {saved} at world size {now}: {why}. Fix: load it "
+        f"at world size {saved}; or, to start with a fresh optimizer, make one file with "
         f"consolidate_deepspeed_checkpoint(folder, 'weights.ckpt') and load its weights into the model before "
         f"fabric.setup (model.load_state_dict(torch.load('weights.ckpt')['model']))."
     )

@@ -457,3 +457,86 @@ def test_named_variants(name):
         assert zero["offload_optimizer"]["device"] == device
     if offload_parameters:
         assert zero["offload_param"]["device"] == device
+
+
+# ------------------------------------------------------------------ another world size (universal checkpoint)
+RESHAPE_SCRIPT = str(Path(__file__).parent / "_scripts" / "deepspeed_reshape.py")
+RESHAPE_PHASES = {"save2": 2, "load1": 1, "load2": 2}  # phase -> ranks; each loads what the one before saved
+
+
+@pytest.fixture(scope="module")
+def reshaped(tmp_path_factory):
+    """ZeRO-2 and ZeRO-3: saved on 2 ranks, loaded on 1 (which saves), loaded on 2. Three launches, ~25 s."""
+    out = tmp_path_factory.mktemp("reshape")
+    results = {}
+    for phase, ranks in RESHAPE_PHASES.items():
+        result = subprocess.run([sys.executable, RESHAPE_SCRIPT, str(out), phase], check=False, capture_output=True,
+                                text=True, timeout=240, env=ENV)
+        assert result.returncode == 0, f"{phase}:\n" + result.stdout[-4000:] + result.stderr[-8000:]
+        results[phase] = [json.loads((out / f"{phase}-rank{r}.json").read_text()) for r in range(ranks)]
+    return out, results
+
+
+def _max_difference(a, b):
+    return max(abs(x - y) for name in a for x, y in zip(a[name], b[name], strict=True))
+
+
+@pytest.mark.parametrize("stage", ["stage2", "stage3"])
+def test_zero_checkpoint_loads_at_another_world_size_bit_for_bit(reshaped, stage):
+    _, results = reshaped
+    saved_on_2 = results["save2"][0][stage]["saved"]
+    on_1 = results["load1"][0][stage]
+    assert [r[stage]["world"] for r in results["save2"] + results["load1"] + results["load2"]] == [2, 2, 1, 2, 2]
+    # 2 -> 1: weights (fp32 masters), Adam moments and step, engine step, lr and buffers exactly as saved
+    assert on_1["loaded"].keys() == saved_on_2.keys()
+    for key in saved_on_2:
+        assert on_1["loaded"][key] == saved_on_2[key], key
+    assert on_1["loaded_step"] == {"stage2": 20, "stage3": 30}[stage] and on_1["remainder"] == {"extra": {"world": 2}}
+    # 1 -> 2: every rank holds the whole of what the single rank saved
+    for rank_result in results["load2"]:
+        assert rank_result[stage]["loaded"] == on_1["saved"]
+        assert rank_result[stage]["remainder"] == {"extra": {"world": 1}}
+    # training continues: the next step equals the one the saving run took (same global batch, so up to the
+    # rounding of a 2-rank mean); a fresh optimizer would move the weights by the whole step instead
+    step_size = _max_difference(results["save2"][0][stage]["continued_after_save"], saved_on_2["fp32"])
+    assert step_size > 1e-2
+    assert _max_difference(on_1["continued"], results["save2"][0][stage]["continued_after_save"]) < 1e-6
+    for rank_result in results["load2"]:
+        assert _max_difference(rank_result[stage]["continued"], on_1["continued_after_save"]) < 1e-6
+
+
+def test_conversion_is_made_once_inside_the_checkpoint_folder(reshaped):
+    out, results = reshaped
+    for stage in ("stage2", "stage3"):
+        assert results["load1"][0][stage]["converted_once"] is True
+        assert results["load1"][0][stage]["siblings"] == [
+            "COMPLETE", "checkpoint", "latest", "universal", "zero_to_fp32.py", "zero_to_torch.py"
+        ]
+        for source in (f"save2-{stage}", f"load1-{stage}"):
+            assert (out / source / "universal" / "COMPLETE").is_file()
+            assert sorted(p.name for p in (out / source).iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_optimizer_state_that_cannot_be_resharded_is_refused(reshaped):
+    out, results = reshaped
+    fix = (
+        "Fix: load it at world size 2; or, to start with a fresh optimizer, make one file with "
+        "consolidate_deepspeed_checkpoint(folder, 'weights.ckpt') and load its weights into the model before "
+        "fabric.setup (model.load_state_dict(torch.load('weights.ckpt')['model']))."
+    )
+    sgd = results["load1"][0]["stage2"]
+    assert sgd["refused"] == (
+        f"CheckpointError: fabric.load({str(out / 'sgd')!r}) cannot load a ZeRO checkpoint saved at world size 2 at "
+        f"world size 1: its optimizer state holds 'momentum_buffer', and DeepSpeed's universal checkpoint reshards "
+        f"only Adam-style state ('exp_avg', 'exp_avg_sq'). {fix}"
+    )
+    nostep = results["load1"][0]["stage3"]
+    assert nostep["refused"] == (
+        f"CheckpointError: fabric.load({str(out / 'nostep')!r}) cannot load a ZeRO checkpoint saved at world size 2 "
+        f"at world size 1: it holds no optimizer state yet (it was saved before the first optimizer step), which "
+        f"DeepSpeed's universal checkpoint conversion needs. {fix}"
+    )
+    for refused in (sgd, nostep):  # refused before anything was loaded or written
+        assert refused["untouched_after_refusal"] is True
+        assert refused["refused_left_nothing"] == ["COMPLETE", "checkpoint", "latest", "zero_to_fp32.py", "zero_to_torch.py"]

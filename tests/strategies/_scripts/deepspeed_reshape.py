@@ -1,0 +1,138 @@
+"""Run by tests/strategies/test_deepspeed.py: ``python deepspeed_reshape.py OUT PHASE`` with PHASE
+``save2`` (2 ranks), ``load1`` (1 rank) or ``load2`` (2 ranks), one after the other on the same OUT.
+
+For ZeRO stages 2 and 3 (one Fabric each, in one process): ``save2`` trains on 2 ranks and saves; ``load1``
+loads that on 1 rank, takes the same next step, trains on and saves; ``load2`` loads that on 2 ranks and
+takes the same next step. Each phase records in ``OUT/{phase}-rank{R}.json`` the full fp32 weights, Adam
+moments and steps, buffers and the error messages, for the test to compare across phases.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from torch import nn
+
+from fabric_lite import Fabric
+from fabric_lite.strategies.deepspeed import DeepSpeedStrategy
+
+STAGES = (2, 3)
+
+
+def make_model(seed):
+    torch.manual_seed(seed)
+    # BatchNorm: buffers, which DeepSpeed's universal loader leaves alone and fabric_lite restores.
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def snapshot(fabric, model, optimizer):
+    """Everything a resume needs, whole (gathered from every rank's shard): collective, every rank calls it."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    engine = model._forward_module
+    params = dict(engine.module.named_parameters())
+    base = optimizer.optimizer.optimizer  # FabricOptimizer -> ZeRO optimizer -> torch Adam over flat groups
+    return {
+        "fp32": {n: safe_get_full_fp32_param(p).flatten().tolist() for n, p in params.items()},
+        "exp_avg": {n: safe_get_full_optimizer_state(p, "exp_avg").flatten().tolist() for n, p in params.items()},
+        "exp_avg_sq": {n: safe_get_full_optimizer_state(p, "exp_avg_sq").flatten().tolist() for n, p in params.items()},
+        "adam_steps": sorted({float(s["step"]) for s in base.state.values()}),
+        "lr": [g["lr"] for g in base.param_groups],
+        "global_steps": engine.global_steps,
+        "buffers": {n: b.flatten().tolist() for n, b in engine.module.named_buffers()},
+    }
+
+
+def error_of(fn):
+    try:
+        fn()
+    except Exception as error:  # noqa: BLE001 - the test matches type and message
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir")
+    parser.add_argument("phase", choices=["save2", "load1", "load2"])
+    args = parser.parse_args()
+    out = args.out_dir
+    devices = 1 if args.phase == "load1" else 2
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 8, generator=g)
+    y = x[:, :1] * 0.5 - x[:, 1:2] * 0.25
+
+    results = {}
+    for stage in STAGES:
+        fabric = Fabric(accelerator="cpu", devices=devices, strategy=DeepSpeedStrategy(stage=stage))
+        fabric.launch()
+        rank, world = fabric.global_rank, fabric.world_size
+        result = results[f"stage{stage}"] = {"world": world}
+
+        def step(model, optimizer, rows, train=True):
+            # The global batch is the same at every world size; each rank takes its share.
+            model.train(train)
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(x[rows][rank::world]), y[rows][rank::world])
+            fabric.backward(loss, model=model)
+            optimizer.step()
+            return fabric.all_reduce(loss.detach()).item()
+
+        def continued(model, optimizer, rows):
+            # Eval mode: no batch statistics, so one step on 2 ranks equals one step on 1 rank (up to rounding),
+            # and it depends on the restored Adam moments and step.
+            step(model, optimizer, rows, train=False)
+            return snapshot(fabric, model, optimizer)["fp32"]
+
+        model = make_model(seed=0 if args.phase == "save2" else 1)
+        model, optimizer = fabric.setup(model, torch.optim.Adam(model.parameters(), lr=0.05))
+        ckpt = os.path.join(out, f"{args.phase}-stage{stage}")
+        if args.phase == "save2":
+            if stage == 3:  # Adam before its first step: no moments to reshard yet
+                fabric.save(os.path.join(out, "nostep"), {"model": model, "optimizer": optimizer})
+            result["losses"] = [step(model, optimizer, slice(0, 8)) for _ in range(3)]
+        else:
+            source = os.path.join(out, f"{'save2' if args.phase == 'load1' else 'load1'}-stage{stage}")
+            state = {"model": model, "optimizer": optimizer, "step": 0}
+            result["remainder"] = fabric.load(source, state)
+            result["loaded_step"] = state["step"]
+            result["loaded"] = snapshot(fabric, model, optimizer)
+            if args.phase == "load1":
+                # A second load reuses the conversion made by the first.
+                universal = os.path.join(source, "universal", "COMPLETE")
+                made = os.stat(universal).st_mtime_ns
+                fabric.load(source, {"model": model, "optimizer": optimizer})
+                result["converted_once"] = os.stat(universal).st_mtime_ns == made
+                result["siblings"] = sorted(os.listdir(source))
+        result["continued"] = continued(model, optimizer, slice(8, 16))
+        if args.phase == "load2":
+            continue
+        # What the next phase loads, taken after a few more steps at this world size.
+        result["losses_after"] = [step(model, optimizer, slice(0, 8)) for _ in range(2)]
+        # Ranks gather their own BatchNorm statistics; share rank 0's (what is saved) so that the step after the
+        # save is the same one the loading run takes.
+        for buffer in model._forward_module.module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+        result["saved"] = snapshot(fabric, model, optimizer)
+        fabric.save(ckpt, {"model": model, "optimizer": optimizer, "step": 10 * stage, "extra": {"world": world}})
+        result["continued_after_save"] = continued(model, optimizer, slice(8, 16))
+
+        if args.phase == "save2" and stage == 2:  # SGD with momentum: state the universal checkpoint cannot reshard
+            plain = make_model(seed=2)
+            sgd_model, sgd = fabric.setup(plain, torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9))
+            step(sgd_model, sgd, slice(0, 8))
+            fabric.save(os.path.join(out, "sgd"), {"model": sgd_model, "optimizer": sgd})
+        if args.phase == "load1":
+            before = snapshot(fabric, model, optimizer)
+            source = os.path.join(out, "sgd" if stage == 2 else "nostep")
+            result["refused"] = error_of(lambda: fabric.load(source, {"model": model, "optimizer": optimizer}))
+            result["untouched_after_refusal"] = snapshot(fabric, model, optimizer) == before
+            result["refused_left_nothing"] = sorted(os.listdir(source))
+
+    with open(os.path.join(out, f"{args.phase}-rank{rank}.json"), "w") as handle:
+        json.dump(results, handle)
+
+
+if __name__ == "__main__":
+    main()
