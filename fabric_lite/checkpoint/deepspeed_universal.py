@@ -124,14 +124,28 @@ def loading_universal(engine: DeepSpeedEngine) -> Iterator[None]:
         config.load_universal_checkpoint = before
 
 
-def restore_buffers(engine: DeepSpeedEngine, tag_folder: Path) -> None:
-    """Copy the saved buffers (e.g. BatchNorm statistics) into the module: the universal loader restores
-    only parameters. Buffers are whole on every rank at every stage, so rank 0's file holds them all."""
-    from deepspeed.checkpoint.constants import BUFFER_NAMES
+def restore_unsharded(engine: DeepSpeedEngine, folder: Path, tag: str) -> None:
+    """Copy the saved buffers (e.g. BatchNorm statistics) and frozen parameters into the module: DeepSpeed's
+    universal loader restores only the parameters its optimizer trains.
 
-    states = _load(min(tag_folder.glob("*model_states.pt")))
-    saved = states["module"]
+    Buffers are whole in every rank's file; frozen parameters come through DeepSpeed's ``zero_to_fp32``
+    (lazily, so only they are read), and at stage 3 are gathered, written and partitioned again.
+    """
+    import deepspeed
+    from deepspeed.checkpoint.constants import BUFFER_NAMES, FROZEN_PARAM_SHAPES
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    states = _load(min((folder / tag).glob("*model_states.pt")))
     with torch.no_grad():
-        for name in states.get(BUFFER_NAMES, []):
-            if name in saved:
-                engine.module.get_buffer(name).copy_(saved[name])
+        for name in states.get(BUFFER_NAMES) or []:
+            if name in states["module"]:
+                engine.module.get_buffer(name).copy_(states["module"][name])
+        frozen = list(states.get(FROZEN_PARAM_SHAPES) or {})
+        if not frozen:
+            return
+        saved = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag, lazy_mode=True)
+        params = dict(engine.module.named_parameters())
+        targets = [params[name] for name in frozen]
+        with deepspeed.zero.GatheredParameters(targets, modifier_rank=0, enabled=hasattr(targets[0], "ds_id")):
+            for name, param in zip(frozen, targets):
+                param.data.copy_(saved[name].contiguous())

@@ -27,7 +27,7 @@ from fabric_lite.checkpoint.deepspeed_universal import (
     UNIVERSAL,
     check_reshardable,
     loading_universal,
-    restore_buffers,
+    restore_unsharded,
     saved_layout,
     universal_folder,
 )
@@ -598,7 +598,7 @@ class DeepSpeedStrategy(DDPStrategy):
                 load_optimizer_states=optimizer_key is not None, load_lr_scheduler_states=False,
             )
         if universal and load_path is not None:
-            restore_buffers(engine, folder / TAG)
+            restore_unsharded(engine, folder, TAG)
         if load_path is None or client is None:
             raise CheckpointError(
                 f"fabric.load({source!r}): DeepSpeed could not load the checkpoint (see its log above). "

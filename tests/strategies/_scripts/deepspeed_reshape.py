@@ -22,16 +22,24 @@ STAGES = (2, 3)
 
 def make_model(seed):
     torch.manual_seed(seed)
-    # BatchNorm: buffers, which DeepSpeed's universal loader leaves alone and fabric_lite restores.
-    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 1))
+    # A BatchNorm's buffers and a frozen parameter: DeepSpeed's universal loader leaves them alone, fabric_lite
+    # restores them.
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 1))
+    model[0].bias.requires_grad_(False)
+    return model
 
 
 def snapshot(fabric, model, optimizer):
     """Everything a resume needs, whole (gathered from every rank's shard): collective, every rank calls it."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
+    import deepspeed
+
     engine = model._forward_module
-    params = dict(engine.module.named_parameters())
+    params = {n: p for n, p in engine.module.named_parameters() if p.requires_grad}
+    frozen = {n: p for n, p in engine.module.named_parameters() if not p.requires_grad}
+    with deepspeed.zero.GatheredParameters(list(frozen.values()), enabled=hasattr(next(iter(frozen.values())), "ds_id")):
+        frozen = {n: p.detach().flatten().tolist() for n, p in frozen.items()}
     base = optimizer.optimizer.optimizer  # FabricOptimizer -> ZeRO optimizer -> torch Adam over flat groups
     return {
         "fp32": {n: safe_get_full_fp32_param(p).flatten().tolist() for n, p in params.items()},
@@ -41,6 +49,7 @@ def snapshot(fabric, model, optimizer):
         "lr": [g["lr"] for g in base.param_groups],
         "global_steps": engine.global_steps,
         "buffers": {n: b.flatten().tolist() for n, b in engine.module.named_buffers()},
+        "frozen": frozen,
     }
 
 
