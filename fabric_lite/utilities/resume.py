@@ -21,7 +21,6 @@ takes its own. The next ``iter(loader)`` then continues the interrupted epoch, b
 from __future__ import annotations
 
 import itertools
-import random
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
 from fabric_lite.errors import CheckpointError, ConfigurationError
+from fabric_lite.utilities.rng_state import capture_rng, draw_base_seed, loader_generators, restore_rng
 from fabric_lite.utilities.worker_rng import Tagged, WorkerStates, tracks_workers, wrapped_for_pool
 
 FORMAT = 1
@@ -37,83 +37,6 @@ FORMAT = 1
 RANKS_KEY = "ranks"
 WORLD_KEY = "world_size"
 _END = object()
-
-
-# ----------------------------------------------------------------------------- random state
-def _generators(dataloader: DataLoader) -> list[torch.Generator]:
-    """The torch generators a loader draws from: its own (worker base seed), then those of its sampler chain."""
-    found: list[torch.Generator] = []
-    seen: set[int] = set()
-
-    def visit(obj: Any, depth: int) -> None:
-        if obj is None or depth > 4 or id(obj) in seen:
-            return
-        seen.add(id(obj))
-        generator = getattr(obj, "generator", None)
-        if isinstance(generator, torch.Generator) and id(generator) not in seen:
-            seen.add(id(generator))
-            found.append(generator)
-        for name in ("sampler", "batch_sampler"):
-            visit(getattr(obj, name, None), depth + 1)
-        inner = getattr(obj, "dataset", None)  # DistributedSamplerWrapper keeps the user's sampler there
-        visit(getattr(inner, "sampler", None), depth + 1)
-
-    generator = getattr(dataloader, "generator", None)
-    if isinstance(generator, torch.Generator):
-        seen.add(id(generator))
-        found.append(generator)
-    visit(getattr(dataloader, "sampler", None), 0)
-    visit(getattr(dataloader, "batch_sampler", None), 0)
-    return found
-
-
-def capture_rng(dataloader: DataLoader | None = None, *, cuda: bool = True) -> dict[str, Any]:
-    """The process's random state as plain values and tensors (loadable with ``weights_only=True``).
-
-    Example:
-        >>> state = capture_rng()
-        >>> a = torch.rand(1); restore_rng(state); torch.equal(a, torch.rand(1))
-        True
-    """
-    version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
-        state["numpy"] = [str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-    except ImportError:
-        pass
-    if cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = list(torch.cuda.get_rng_state_all())
-    if dataloader is not None:
-        state["generators"] = [g.get_state() for g in _generators(dataloader)]
-    return state
-
-
-def restore_rng(state: Mapping[str, Any], dataloader: DataLoader | None = None, *, generators: bool = True) -> None:
-    """Put back what :func:`capture_rng` recorded (the loader's generators too when ``generators``)."""
-    version, internal, gauss = state["python"]
-    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
-    torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        try:
-            import numpy as np
-
-            name, keys, pos, has_gauss, cached = state["numpy"]
-            np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-        except ImportError:
-            pass
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if generators and dataloader is not None and "generators" in state:
-        for generator, value in zip(_generators(dataloader), state["generators"]):
-            generator.set_state(value)
-
-
-def _draw_base_seed(dataloader: DataLoader) -> None:
-    # What torch's _BaseDataLoaderIter.__init__ draws when an iterator (and so a worker pool) is made.
-    torch.empty((), dtype=torch.int64).random_(generator=dataloader.generator)
 
 
 # ----------------------------------------------------------------------------- skipping at the index level
@@ -294,7 +217,7 @@ class LoaderProgress:
         # base-seed draw when that epoch made its iterator.
         restore_rng(start, dataloader)
         if pending.pool_fresh:
-            _draw_base_seed(dataloader)
+            draw_base_seed(dataloader)
         at_draw = capture_rng(dataloader, cuda=False)
         # The iterator made now draws the same base seed (so the same worker seeds) as the original one.
         restore_rng(start if pending.pool_fresh else (pending.pool_start or start), dataloader)
@@ -371,10 +294,10 @@ class LoaderProgress:
                     f"two methods and use num_workers=0, save at the end of an epoch, or use a map-style Dataset."
                 )
         rng = state["rng"]
-        if len(rng.get("generators", [])) != len(_generators(dataloader)):
+        if len(rng.get("generators", [])) != len(loader_generators(dataloader)):
             raise CheckpointError(
                 f"The checkpoint's dataloader drew from {len(rng.get('generators', []))} torch.Generator(s) (its own and "
-                f"its sampler's), this one from {len(_generators(dataloader))}. Fix: build the loader as in the run "
+                f"its sampler's), this one from {len(loader_generators(dataloader))}. Fix: build the loader as in the run "
                 f"that saved it (the same generator= arguments)."
             )
         restore_rng(rng, dataloader)

@@ -25,7 +25,7 @@ PLAN = {"single": (30, 12 + 8), "ddp": (16, 6 + 4), "fsdp": (16, 6 + 4)}  # (N s
 
 
 class Data(Dataset):
-    """Noise from the global generator in the main process (so RNG restoring matters); a log of fetched indices."""
+    """Noise from the global generator of the reading process (so RNG restoring matters); a log of fetched indices."""
 
     def __init__(self):
         g = torch.Generator().manual_seed(0)
@@ -41,11 +41,10 @@ class Data(Dataset):
             self.log[self.count.value % 8192] = i
             self.count.value += 1
         info = torch.utils.data.get_worker_info()
-        if info is None:
-            noise, seed = 0.01 * torch.randn(3), -1
-        else:  # worker streams restart on resume: derive per-sample noise from the index
-            noise, seed = 0.01 * torch.randn(3, generator=torch.Generator().manual_seed(i)), torch.initial_seed()
-        return self.x[i] + noise, self.y[i], i, seed
+        seed = -1 if info is None else torch.initial_seed()
+        # From the global generator of the process that reads the sample: the main one, or a worker's (whose
+        # random state the checkpoint carries too).
+        return self.x[i] + 0.01 * torch.randn(3), self.y[i], i, seed
 
     def fetched(self):
         return [self.log[k] for k in range(self.count.value)]
