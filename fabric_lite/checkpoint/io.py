@@ -16,11 +16,16 @@ from typing import Any
 
 import torch
 
+from fabric_lite.checkpoint.disk import os_error_in, probe, write_error
+from fabric_lite.checkpoint.integrity import archive_problem, seal_archive
 from fabric_lite.errors import CheckpointError
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
+def atomic_save(obj: Any, path: str | Path, *, asked: str | None = None) -> None:
     """``torch.save(obj, path)`` such that ``path`` holds either the old file or the complete new one.
+
+    A full disk, a read-only file system or a folder this user may not write raise a CheckpointError
+    that says so in plain words; the old file stays and no temporary file is left.
 
     Example:
         >>> import tempfile, os
@@ -30,23 +35,38 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         ['a.ckpt']
     """
     path = Path(path)
+    asked = asked or f"fabric.save({str(path)!r})"
     if path.is_dir():
         raise CheckpointError(
-            f"fabric.save({str(path)!r}) cannot write a file there: that path is an existing folder. "
+            f"{asked} cannot write a file there: that path is an existing folder. "
             f"Fix: choose a file path such as {str(path / 'last.ckpt')!r}."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    kept = "The checkpoint at that path (if any) is unchanged and no partial file was left."
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise (write_error(path, error, asked=asked, kept=kept) or error) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the permissions open() would give
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with os.fdopen(fd, "w+b") as handle:
+            try:
+                torch.save(obj, handle)
+                seal_archive(handle)  # the checksum of the archive's index, checked by load_checkpoint_file
+                handle.flush()
+                os.fsync(handle.fileno())
+            except RuntimeError as error:  # torch's writer reports a failed write as 'unexpected pos ...'
+                found = None if os_error_in(error) else probe(handle)
+                if found is not None:
+                    raise found from error
+                raise
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         with _ignore_missing():
             os.unlink(tmp_name)
+        mapped = write_error(path, error, asked=asked, kept=kept) if isinstance(error, Exception) else None
+        if mapped is not None:
+            raise mapped from None
         raise
     _fsync_dir(path.parent)
 
@@ -78,10 +98,13 @@ class _ignore_missing:
         return exc_type is not None and issubclass(exc_type, FileNotFoundError)
 
 
-def _check_format(path: Path) -> None:
-    """Refuse a file that is no torch checkpoint at all (empty, damaged, another format) before unpickling it."""
-    with open(path, "rb") as handle:
-        head = handle.read(4)
+def _check_format(path: Path) -> bytes:
+    """Refuse a file that is no torch checkpoint at all (empty, another format) before unpickling it; return its head."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise _unreadable(path, f"it cannot be opened ({error.strerror})") from None
     if not head:
         raise CheckpointError(
             f"fabric.load({str(path)!r}) got an empty file (0 bytes): a save or copy that was cut off. "
@@ -95,6 +118,15 @@ def _check_format(path: Path) -> None:
             f"(torch.save's format) nor a pickle (it starts with {head!r}). It is damaged or of another format. "
             f"Fix: pass a file written by fabric.save or torch.save, or load another checkpoint from {str(path.parent)!r}."
         )
+    return head
+
+
+def _unreadable(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"fabric.load({str(path)!r}) could not read the file: {problem}. It is not a complete torch checkpoint: it was "
+        f"cut off or changed after it was written, or is of another kind. Fix: load another checkpoint from "
+        f"{str(path.parent)!r} (latest_checkpoint(folder) names the newest intact one), or save it again."
+    )
 
 
 def safe_globals() -> list[Any]:
@@ -136,7 +168,10 @@ def load_checkpoint_file(path: str | Path, *, weights_only: bool = True, map_loc
             f"fabric.load({str(path)!r}) got a folder, but this strategy saves single-file checkpoints. "
             f"Fix: pass the checkpoint file inside it."
         )
-    _check_format(path)
+    if _check_format(path) == b"PK\x03\x04":
+        problem = archive_problem(path)  # before torch reads it: torch never checks the archive's CRC-32s
+        if problem is not None:
+            raise _unreadable(path, problem)
     try:
         if not weights_only:
             return torch.load(path, map_location=map_location, weights_only=False)
@@ -149,9 +184,6 @@ def load_checkpoint_file(path: str | Path, *, weights_only: bool = True, map_loc
             f"It may contain code that would run on load. Fix: if you made this file yourself and trust it, "
             f"call fabric.load(path, weights_only=False)."
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError) as error:
-        reason = str(error).strip().split(". ")[0] or "the file ended too early"
-        raise CheckpointError(
-            f"fabric.load({str(path)!r}) could not read the file ({type(error).__name__}: {reason}); it may be truncated. "
-            f"It is not a complete torch checkpoint. Fix: load another checkpoint from {str(path.parent)!r}."
-        ) from None
+    except Exception as error:  # a damaged legacy (non-zip) file can make torch raise nearly anything
+        reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0] or "the file ended too early"
+        raise _unreadable(path, f"torch.load failed ({type(error).__name__}: {reason})") from None

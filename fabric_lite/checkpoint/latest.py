@@ -4,16 +4,21 @@ Complete means what fabric_lite's writers guarantee: a file at its final name (`
 fully written, fsync'ed temporary file into place) holding a whole torch zip archive, or a folder with a
 ``COMPLETE`` marker (sharded and DeepSpeed checkpoints write it after every rank's data). Temporary files
 (``.name.*.tmp``) and folders without the marker are never returned.
+
+Candidates are verified newest first, and the first intact one is returned: a file must be a torch
+archive whose checksums match (``integrity``), a folder must match the checksums its marker lists. Each
+newer one that fails is skipped with a warning naming it and why; other files (logs, metrics) are ignored.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import zipfile
+import warnings
 from pathlib import Path
 
-from fabric_lite.checkpoint.sharded import MARKER
+from fabric_lite.checkpoint.folder import MARKER, verification_problems
+from fabric_lite.checkpoint.integrity import archive_problem
 from fabric_lite.errors import CheckpointError
 
 _STAGED = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|previous)$")
@@ -23,8 +28,9 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     """The newest complete checkpoint (file or sharded folder) directly inside ``folder``, or ``None``.
 
     Newest is by modification time of the file or of the folder's ``COMPLETE`` marker; ties go to the
-    name that sorts last in natural order (``step-10`` after ``step-9``). If a sharded save was killed
-    between its final two renames, the complete folder waiting under its staging name
+    name that sorts last in natural order (``step-10`` after ``step-9``). A newer file or folder that is
+    damaged (cut off, changed after saving, not a torch checkpoint) is skipped with a warning saying why.
+    If a sharded save was killed between its final two renames, the complete folder waiting under its staging name
     (``.NAME.partial``) is a candidate too; ``fabric.load`` reads it, and the next save to ``NAME``
     finishes the rename.
 
@@ -52,9 +58,40 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
         stamp = _complete_stamp(path, names)
         if stamp is not None:
             candidates.append((stamp, _natural(name), path))
-    if not candidates:
-        return None
-    return max(candidates, key=lambda item: (item[0], item[1]))[2]
+    for _, _, path in sorted(candidates, key=lambda item: (item[0], item[1]), reverse=True):
+        problem = _problem(path)
+        if problem is None:
+            return path
+        warnings.warn(
+            f"latest_checkpoint({str(folder)!r}) skipped {str(path)!r}: {problem}. Fix: delete it or move it out of "
+            f"the folder once you no longer need it.",
+            stacklevel=2,
+        )
+    return None
+
+
+#: Names of files that are meant to be checkpoints: skipped with a warning when they are not intact.
+_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".tar")
+
+
+def _problem(path: Path) -> str | None:
+    """Why the candidate at ``path`` is not an intact checkpoint, or ``None``."""
+    try:
+        if path.is_dir():
+            if not (path / MARKER).is_file():
+                return f"it has no {MARKER} marker, so the save that wrote it did not finish"
+            problems = verification_problems(path)
+            return f"its files do not match the checksums its COMPLETE marker lists ({'; '.join(problems[:3])})" \
+                if problems else None
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        return f"it cannot be read ({error.strerror})"
+    if head != b"PK\x03\x04":
+        what = "it is empty" if not head else "it is not a torch zip archive (cut off, damaged, or another format)"
+        return what
+    problem = archive_problem(path)
+    return None if problem is None else f"it is not an intact torch checkpoint: {problem}"
 
 
 def _complete_stamp(path: Path, names: set[str]) -> int | None:
@@ -69,8 +106,10 @@ def _complete_stamp(path: Path, names: set[str]) -> int | None:
                 return None
             return (path / MARKER).stat().st_mtime_ns if path.is_dir() else None
         if path.is_dir():
-            return (path / MARKER).stat().st_mtime_ns
-        if path.is_file() and zipfile.is_zipfile(path):
+            if (path / MARKER).is_file() or not _holds_shards(path):
+                return (path / MARKER).stat().st_mtime_ns
+            return path.stat().st_mtime_ns  # unfinished: a candidate only to be skipped with a warning
+        if path.is_file() and _looks_like_checkpoint(path):
             return path.stat().st_mtime_ns
     except OSError:  # vanished while we looked (a save or a clean-up running right now), or no marker
         return None
@@ -79,3 +118,16 @@ def _complete_stamp(path: Path, names: set[str]) -> int | None:
 
 def _natural(name: str) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """A checkpoint's name, or a zip archive's first bytes (torch.save's format) or a pickle's."""
+    if path.name.endswith(_CHECKPOINT_SUFFIXES):
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
+def _holds_shards(path: Path) -> bool:
+    return (path / ".metadata").exists() or any(path.glob("*.distcp"))

@@ -22,7 +22,8 @@ def _listed(names: list[str]) -> str:
     return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
 
 
-def _shape(value: Any) -> str:
+def shape_text(value: Any) -> str:
+    """``"4x8"`` for a tensor (or anything with a ``shape``), the type's name otherwise."""
     shape = getattr(value, "shape", None)
     return "x".join(str(d) for d in shape) if shape is not None else type(value).__name__
 
@@ -41,11 +42,22 @@ def load_module_state(module: nn.Module, state: Any, *, strict: bool, source: st
         return
     except RuntimeError:
         pass
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} (checkpoint {_shape(state[k])}, model {_shape(own[k])})" for k in own
-              if k in state and getattr(state[k], "shape", None) != getattr(own[k], "shape", None)]
+    own = {k: shape_text(v) for k, v in module.state_dict().items()}
+    saved = {k: shape_text(v) for k, v in state.items()}
+    raise mismatch_error(call, where, module, own=own, saved=saved, strict=strict, fallback="torch refused it")
+
+
+def mismatch_error(
+    call: str, where: str, module: nn.Module, *, own: Mapping[str, str], saved: Mapping[str, str], strict: bool,
+    fallback: str = "",
+) -> CheckpointError:
+    """The one wording for a state that does not fit a module; ``own``/``saved`` map keys to shapes (``"4x8"``).
+
+    Used for single files (after torch refused them) and for sharded folders (from DCP's metadata, before loading).
+    """
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [f"{k} (checkpoint {saved[k]}, model {own[k]})" for k in own if k in saved and saved[k] != own[k]]
     parts = []
     if shapes:
         parts.append(f"shapes differ for {_listed(shapes)}")
@@ -53,11 +65,18 @@ def load_module_state(module: nn.Module, state: Any, *, strict: bool, source: st
         parts.append(f"the checkpoint lacks {_listed(missing)}")
     if strict and unexpected:
         parts.append(f"the model has no {_listed(unexpected)}")
-    raise CheckpointError(
+    return CheckpointError(
         f"{call} cannot load {where} into {type(module).__name__}: it was saved from a different model "
-        f"({'; '.join(parts) or 'torch refused it'}). Fix: build the model exactly as when it was saved"
+        f"({'; '.join(parts) or fallback}). Fix: build the model exactly as when it was saved"
         f"{'' if shapes else ', or pass strict=False to skip the keys that differ'}."
-    ) from None
+    )
+
+
+def has_mismatch(own: Mapping[str, str], saved: Mapping[str, str], *, strict: bool) -> bool:
+    """Whether :func:`mismatch_error` would list anything (shapes always count; keys only when ``strict``)."""
+    if any(saved[k] != own[k] for k in own if k in saved):
+        return True
+    return strict and set(own) != set(saved)
 
 
 def load_optimizer_state(optimizer: Any, state: Any, *, source: str, key: str | None) -> None:

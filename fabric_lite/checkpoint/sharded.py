@@ -15,8 +15,6 @@ Optimizer state inside the folder is keyed by parameter name (DCP's format); a c
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +22,21 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from torch.optim import Optimizer
 
-from fabric_lite.checkpoint.io import _fsync_dir, atomic_save, load_checkpoint_file
+from fabric_lite.checkpoint.folder import (  # noqa: F401 - re-exported: the DeepSpeed strategy and tests use them
+    MARKER,
+    META_FILE,
+    _move_into_place,
+    _temporary_sibling,
+    dcp_error,
+    on_every_rank,
+    recover,
+    remove_folder,
+    require_complete,
+    save_folder,
+    verify_folder,
+)
+from fabric_lite.checkpoint.io import atomic_save, load_checkpoint_file
+from fabric_lite.checkpoint.mismatch import has_mismatch, mismatch_error
 from fabric_lite.checkpoint.state import META_KEY, restore_state, to_saveable
 from fabric_lite.errors import CheckpointError, ConfigurationError
 from fabric_lite.wrappers import FabricOptimizer, unwrap
@@ -36,109 +48,8 @@ if TYPE_CHECKING:
 OwnerLookup = Callable[[Optimizer], nn.Module]
 _OBJECTS = (nn.Module, Optimizer)
 
-MARKER = "COMPLETE"
-META_FILE = "meta.pt"
 #: Inside ``meta.pt``'s fabric_lite metadata: which keys of the folder hold modules and optimizers.
 SHARDED_KEY = "sharded"
-
-
-def _temporary_sibling(path: Path, suffix: str) -> Path:
-    # Deterministic, so that every rank names the same folder without a broadcast.
-    return path.parent / f".{path.name}.{suffix}"
-
-
-def save_folder(
-    path: str | Path,
-    tensors: dict[str, Any],
-    extra: dict[str, Any],
-    *,
-    is_global_zero: bool,
-    barrier: Callable[[], None],
-) -> None:
-    """Write a sharded checkpoint folder at ``path``; every rank calls this (it runs collectives).
-
-    Args:
-        tensors: DCP state dicts (model and optimizer), sharded as they live in memory.
-        extra: small picklable values rank 0 writes to ``meta.pt``.
-        is_global_zero: whether this process writes ``meta.pt``, the marker, and renames.
-        barrier: waits for every rank.
-    """
-    import torch.distributed.checkpoint as dcp
-
-    path = Path(path)
-    if path.is_file():
-        raise CheckpointError(
-            f"fabric.save({str(path)!r}) writes a sharded checkpoint, which is a folder, but that path is an existing "
-            f"file. Fix: choose another path, delete the file, or use FSDPStrategy(state_dict_type='full') for one file."
-        )
-    staging = _temporary_sibling(path, "partial")
-    if is_global_zero:
-        recover(path)  # finish or clear what a save killed part-way left next to the path
-        staging.mkdir(parents=True)
-    barrier()
-    dcp.save(tensors, checkpoint_id=staging)
-    if is_global_zero:
-        atomic_save(extra, staging / META_FILE)
-    barrier()  # every rank's shards are on disk before the marker says so
-    if is_global_zero:
-        (staging / MARKER).write_text("fabric_lite sharded checkpoint: complete\n")
-        _fsync_dir(staging)
-        _move_into_place(staging, path)
-
-
-def _move_into_place(staging: Path, path: Path) -> None:
-    # os.replace cannot swap a folder onto a non-empty one: move the old checkpoint aside first,
-    # so that at every moment one complete checkpoint exists under a known name.
-    # Killed between the two renames, both siblings hold a marker: latest_checkpoint finds them and the
-    # next save to this path finishes the move (recover).
-    previous = _temporary_sibling(path, "previous")
-    if path.exists():
-        remove_folder(previous)
-        os.replace(path, previous)
-    os.replace(staging, path)
-    _fsync_dir(path.parent)
-    remove_folder(previous)
-
-
-def remove_folder(folder: Path) -> None:
-    """Delete a checkpoint folder, its marker first, so that a deletion cut short never looks complete."""
-    try:
-        (folder / MARKER).unlink()
-    except FileNotFoundError:
-        pass
-    except NotADirectoryError:
-        return
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def recover(path: Path) -> None:
-    """Finish the rename of a save killed after its marker, or clear a staging folder it left unfinished."""
-    staging, previous = _temporary_sibling(path, "partial"), _temporary_sibling(path, "previous")
-    if (staging / MARKER).is_file():
-        _move_into_place(staging, path)  # complete, only its rename was cut short
-    elif not path.exists() and (previous / MARKER).is_file():
-        os.replace(previous, path)
-    remove_folder(staging)
-    remove_folder(previous)
-
-
-def require_complete(path: str | Path, *, asked: str) -> Path:
-    """Return ``path`` if it is a complete sharded checkpoint folder, else raise a CheckpointError saying why."""
-    path = Path(path)
-    if not path.is_dir():
-        why = "it is a file (a single-file checkpoint needs no consolidation)" if path.is_file() else "it does not exist"
-        raise CheckpointError(f"{asked} needs a sharded checkpoint folder, but {why}. Fix: check the path.")
-    if (path / MARKER).is_file() and (path / META_FILE).is_file():
-        return path
-    if (path / ".metadata").exists() or any(path.glob("*.distcp")):
-        raise CheckpointError(
-            f"{asked} got an incomplete sharded checkpoint: the folder has no {MARKER!r} marker (or no {META_FILE!r}), "
-            f"so the save that wrote it did not finish. Fix: load an earlier checkpoint, or save again."
-        )
-    raise CheckpointError(
-        f"{asked} got a folder that is not a checkpoint: it holds no {MARKER!r} marker and no DCP shards. "
-        f"Fix: pass a folder written by fabric.save with strategy='fsdp', or a checkpoint file."
-    )
 
 
 def read_meta(path: Path, *, weights_only: bool = True) -> tuple[dict[str, Any], list[str], list[str]]:
@@ -154,7 +65,7 @@ def load_folder(path: Path, tensors: dict[str, Any], *, strict: bool, weights_on
     """Fill the sharded state dicts in ``tensors`` in place from the folder (resharding to this world size).
 
     With ``weights_only`` (the default) the folder's metadata and non-tensor entries are read without
-    running code from them (see ``safe_dcp``).
+    running code from them (see ``safe_dcp``). DCP's failures become one CheckpointError on every rank.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
@@ -165,7 +76,31 @@ def load_folder(path: Path, tensors: dict[str, Any], *, strict: bool, weights_on
     try:
         dcp.load(tensors, storage_reader=reader, planner=planner)
     except CheckpointException as error:
-        raise _own_error(error) from None
+        raise dcp_error(error, asked=f"fabric.load({str(path)!r})", path=path, reading=True) from None
+
+
+def check_module_keys(path: Path, templates: dict[str, Any], modules: dict[str, nn.Module], *, strict: bool,
+                      weights_only: bool) -> None:
+    """Compare each module's keys and shapes with the folder's DCP metadata; raise single-file loads' mismatch error.
+
+    DCP itself loads a model with fewer layers silently and fails on more layers or other shapes with a long trace.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from fabric_lite.checkpoint.safe_dcp import read_metadata
+
+    metadata = read_metadata(path) if weights_only else FileSystemReader(path).read_metadata()
+    for key, module in modules.items():
+        saved = {
+            fqn[len(key) + 1:]: "x".join(map(str, entry.size)) if isinstance(entry, TensorStorageMetadata) else "bytes"
+            for fqn, entry in metadata.state_dict_metadata.items() if fqn.startswith(f"{key}.")
+        }
+        own = {name: "x".join(map(str, value.shape)) if hasattr(value, "shape") else "bytes"
+               for name, value in templates[key].items()}
+        if has_mismatch(own, saved, strict=strict):
+            where = f"the checkpoint's {key!r}"
+            raise mismatch_error(f"fabric.load({str(path)!r}, ...)", where, module, own=own, saved=saved, strict=strict)
 
 
 # ----------------------------------------------------------------------------- strategy entry points
@@ -192,9 +127,9 @@ def save_checkpoint(
         if filter is not None and key in filter:
             value = {name: item for name, item in value.items() if filter[key](name, item)}
         saveable[key] = value
-    if full:
-        if strategy.is_global_zero:
-            atomic_save(saveable, path)
+    if full:  # rank 0 writes; every rank learns whether it could
+        on_every_rank(lambda: strategy.is_global_zero and atomic_save(saveable, path), asked=f"fabric.save({str(path)!r})",
+                      path=Path(path), world_size=strategy.world_size)
         return
     extra = {key: value for key, value in saveable.items() if key not in objects}
     layout = {
@@ -203,7 +138,18 @@ def save_checkpoint(
     }
     extra[META_KEY] = {**extra[META_KEY], SHARDED_KEY: layout}
     tensors = {key: saveable[key] for key in objects}
-    save_folder(path, tensors, extra, is_global_zero=strategy.is_global_zero, barrier=strategy.barrier)
+    save_folder(path, lambda staging: _dcp_save(tensors, staging, Path(path)), extra, rank=strategy.global_rank,
+                world_size=strategy.world_size)
+
+
+def _dcp_save(tensors: dict[str, Any], staging: Path, path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.save(tensors, checkpoint_id=staging)
+    except CheckpointException as error:  # raised on every rank: DCP gathers the failures
+        raise dcp_error(error, asked=f"fabric.save({str(path)!r})", path=path, reading=False) from None
 
 
 def load_checkpoint(
@@ -229,6 +175,8 @@ def load_checkpoint(
             )
         if not isinstance(state, Mapping):
             return restore_state({}, state, strategy, strict=strict, source=source)  # raises the standard error
+        # Every rank checks its share of the files against the marker's checksums, and all raise if one finds damage.
+        verify_folder(folder, asked=f"fabric.load({source!r})", rank=strategy.global_rank, world_size=strategy.world_size)
         meta, modules, optimizers = read_meta(folder, weights_only=weights_only)
         load = lambda requested: _load_sharded(folder, requested, strict, owner, weights_only)  # noqa: E731
         return _restore(strategy, meta, modules + optimizers, state, strict, source, load)
@@ -277,6 +225,8 @@ def _load_sharded(folder: Path, requested: dict[str, Any], strict: bool, owner: 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     templates = {key: _state_dict_of(unwrap(obj), full=False, owner=owner) for key, obj in requested.items()}
+    modules = {key: unwrap(obj) for key, obj in requested.items() if isinstance(unwrap(obj), nn.Module)}
+    check_module_keys(folder, templates, modules, strict=strict, weights_only=weights_only)
     load_folder(folder, templates, strict=strict, weights_only=weights_only)
     options = StateDictOptions(strict=strict)
     for key, obj in requested.items():
@@ -314,15 +264,6 @@ def _share_optimizer_state(optimizer: Any) -> None:
     if isinstance(optimizer, FabricOptimizer):
         optimizer.__dict__["state"] = optimizer.optimizer.state
         optimizer.__dict__["param_groups"] = optimizer.optimizer.param_groups
-
-
-def _own_error(error: Exception) -> Exception:
-    """DCP wraps what a rank raised in a CheckpointException: give back fabric_lite's own error when it is one."""
-    for failure in getattr(error, "failures", {}).values():
-        inner = failure[0] if isinstance(failure, tuple) else failure
-        if isinstance(inner, CheckpointError):
-            return inner
-    return error
 
 
 # ----------------------------------------------------------------------------- optimizer formats
@@ -364,13 +305,14 @@ def consolidate(folder: str | Path, output: str | Path, *, weights_only: bool = 
     from fabric_lite.checkpoint.safe_dcp import load_whole
 
     folder = require_complete(folder, asked=f"consolidate({str(folder)!r})")
+    verify_folder(folder, asked=f"consolidate({str(folder)!r})")
     output = Path(output)
     meta, _, optimizer_keys = read_meta(folder, weights_only=weights_only)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         tensors = load_whole(folder, weights_only=weights_only)
     except CheckpointException as error:
-        raise _own_error(error) from None
+        raise dcp_error(error, asked=f"consolidate({str(folder)!r})", path=folder, reading=True) from None
     for key in optimizer_keys:
         if key in tensors:
             tensors[key] = names_to_indices(tensors[key])

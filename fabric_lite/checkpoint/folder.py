@@ -1,0 +1,241 @@
+"""The folder protocol of sharded checkpoints: staging, a COMPLETE marker that lists every file's checksum, the
+rename into place, recovery of a save killed part-way, and agreement so that every rank raises the same error.
+
+A step that can fail on one rank only (rank 0 writing ``meta.pt``, one rank finding a damaged shard) is followed
+by an all-gather of what each rank raised: if any rank failed, every rank raises the same CheckpointError instead
+of one rank raising while the others wait in the next collective until the timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fabric_lite.checkpoint.disk import write_error
+from fabric_lite.checkpoint.integrity import file_checksum, folder_problems, format_checksums, parse_checksums
+from fabric_lite.errors import CheckpointError
+
+MARKER = "COMPLETE"
+META_FILE = "meta.pt"
+TITLE = "fabric_lite sharded checkpoint: complete"
+KEPT = "The checkpoint at that path (if any) is unchanged and the unfinished folder was removed."
+_T = TypeVar("_T")
+
+
+def _temporary_sibling(path: Path, suffix: str) -> Path:
+    # Deterministic, so that every rank names the same folder without a broadcast.
+    return path.parent / f".{path.name}.{suffix}"
+
+
+# ----------------------------------------------------------------------------- agreement between ranks
+def on_every_rank(fn: Callable[[], _T], *, asked: str, path: Path, world_size: int) -> list[_T]:
+    """Run ``fn`` on this rank, gather every rank's result; if any rank raised, raise the same error on all ranks."""
+    failure: Exception | None = None
+    try:
+        outcome: tuple[Any, str | None] = (fn(), None)
+    except Exception as error:  # noqa: BLE001 - told to every rank, then raised again below
+        failure = error
+        outcome = (None, describe(error, asked=asked, path=path))
+    outcomes = _gather(outcome, world_size)
+    failed = [(rank, message) for rank, (_, message) in enumerate(outcomes) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        if world_size > 1:
+            others = f" and {len(failed) - 1} more rank(s)" if len(failed) > 1 else ""
+            message = f"{message} [failed on rank {rank}{others}]"
+        raise CheckpointError(message) from failure
+    return [result for result, _ in outcomes]
+
+
+def _gather(obj: Any, world_size: int) -> list[Any]:
+    if world_size <= 1:
+        return [obj]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def describe(error: BaseException, *, asked: str, path: Path) -> str:
+    """One message for what a rank raised: fabric_lite's own, a full or read-only disk in plain words, or the error."""
+    if isinstance(error, CheckpointError):
+        return str(error)
+    mapped = write_error(path, error, asked=asked, kept=KEPT)
+    if mapped is not None:
+        return str(mapped)
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{asked} failed: {type(error).__name__}: {first_line}"
+
+
+def dcp_error(error: BaseException, *, asked: str, path: Path, reading: bool) -> CheckpointError:
+    """DCP's CheckpointException (a BaseException that escapes ``except Exception``) as one CheckpointError.
+
+    DCP gathers what every rank raised and raises on all of them, so every rank converts the same failures.
+    """
+    failures = []
+    for rank, failure in sorted(getattr(error, "failures", {}).items()):
+        failures.append((rank, failure[0] if isinstance(failure, tuple) else failure))
+    for _, inner in failures:
+        if isinstance(inner, CheckpointError):
+            return inner
+    rank, inner = failures[0] if failures else (0, error)
+    if not reading:
+        return CheckpointError(describe(inner, asked=asked, path=path) + f" [failed on rank {rank}]")
+    first_line = (str(inner).strip().splitlines() or [""])[0]
+    return CheckpointError(
+        f"{asked} could not read the sharded checkpoint {str(path)!r} (rank {rank}: {type(inner).__name__}: "
+        f"{first_line}). The folder is damaged, or was saved from other objects. Fix: load another checkpoint "
+        f"(latest_checkpoint(folder) names the newest intact one), or save it again."
+    )
+
+
+# ----------------------------------------------------------------------------- saving
+def save_folder(
+    path: str | Path,
+    write_shards: Callable[[Path], None],
+    extra: dict[str, Any],
+    *,
+    rank: int,
+    world_size: int,
+) -> None:
+    """Write a sharded checkpoint folder at ``path``; every rank calls this (it runs collectives).
+
+    Args:
+        write_shards: writes this rank's shards into the given staging folder (a DCP save: a collective).
+        extra: small picklable values rank 0 writes to ``meta.pt``.
+        rank, world_size: of this process; rank 0 writes ``meta.pt``, the marker, and renames.
+    """
+    from fabric_lite.checkpoint.io import _fsync_dir, atomic_save
+
+    path = Path(path)
+    asked = f"fabric.save({str(path)!r})"
+    if path.is_file():
+        raise CheckpointError(
+            f"{asked} writes a sharded checkpoint, which is a folder, but that path is an existing "
+            f"file. Fix: choose another path, delete the file, or use FSDPStrategy(state_dict_type='full') for one file."
+        )
+    staging = _temporary_sibling(path, "partial")
+
+    def together(fn: Callable[[], _T]) -> list[_T]:
+        return on_every_rank(fn, asked=asked, path=path, world_size=world_size)
+
+    def prepare() -> None:
+        if rank == 0:
+            recover(path)  # finish or clear what a save killed part-way left next to the path
+            staging.mkdir(parents=True)
+            atomic_save(extra, staging / META_FILE, asked=asked)
+
+    def finish(shares: list[dict[str, tuple[int, int]]]) -> None:
+        if rank == 0:
+            checksums = {name: value for share in shares for name, value in share.items()}
+            (staging / MARKER).write_text(f"{TITLE}\n{format_checksums(checksums)}")
+            _fsync_dir(staging)
+            _move_into_place(staging, path)
+
+    try:
+        together(prepare)
+        together(lambda: write_shards(staging))
+        shares = together(lambda: checksum_share(staging, rank=rank, world_size=world_size))
+        together(lambda: finish(shares))
+    except BaseException:
+        if rank == 0:
+            remove_folder(staging)  # every rank has passed the last collective it joined: nobody writes there now
+        raise
+
+
+def checksum_share(folder: Path, *, rank: int, world_size: int) -> dict[str, tuple[int, int]]:
+    """``(size, CRC-32)`` of this rank's share of the files in ``folder`` (every ``world_size``-th, by name)."""
+    names = sorted(name for name in os.listdir(folder) if name != MARKER)
+    return {name: file_checksum(folder / name) for name in names[rank::world_size]}
+
+
+def _move_into_place(staging: Path, path: Path) -> None:
+    # os.replace cannot swap a folder onto a non-empty one: move the old checkpoint aside first,
+    # so that at every moment one complete checkpoint exists under a known name.
+    # Killed between the two renames, both siblings hold a marker: latest_checkpoint finds them and the
+    # next save to this path finishes the move (recover).
+    from fabric_lite.checkpoint.io import _fsync_dir
+
+    previous = _temporary_sibling(path, "previous")
+    if path.exists():
+        remove_folder(previous)
+        os.replace(path, previous)
+    os.replace(staging, path)
+    _fsync_dir(path.parent)
+    remove_folder(previous)
+
+
+def remove_folder(folder: Path) -> None:
+    """Delete a checkpoint folder, its marker first, so that a deletion cut short never looks complete."""
+    try:
+        (folder / MARKER).unlink()
+    except FileNotFoundError:
+        pass
+    except NotADirectoryError:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def recover(path: Path) -> None:
+    """Finish the rename of a save killed after its marker, or clear a staging folder it left unfinished."""
+    staging, previous = _temporary_sibling(path, "partial"), _temporary_sibling(path, "previous")
+    if (staging / MARKER).is_file():
+        _move_into_place(staging, path)  # complete, only its rename was cut short
+    elif not path.exists() and (previous / MARKER).is_file():
+        os.replace(previous, path)
+    remove_folder(staging)
+    remove_folder(previous)
+
+
+# ----------------------------------------------------------------------------- loading
+def require_complete(path: str | Path, *, asked: str) -> Path:
+    """Return ``path`` if it is a complete sharded checkpoint folder, else raise a CheckpointError saying why."""
+    path = Path(path)
+    if not path.is_dir():
+        why = "it is a file (a single-file checkpoint needs no consolidation)" if path.is_file() else "it does not exist"
+        raise CheckpointError(f"{asked} needs a sharded checkpoint folder, but {why}. Fix: check the path.")
+    if (path / MARKER).is_file() and (path / META_FILE).is_file():
+        return path
+    if (path / ".metadata").exists() or any(path.glob("*.distcp")):
+        raise CheckpointError(
+            f"{asked} got an incomplete sharded checkpoint: the folder has no {MARKER!r} marker (or no {META_FILE!r}), "
+            f"so the save that wrote it did not finish. Fix: load an earlier checkpoint, or save again."
+        )
+    raise CheckpointError(
+        f"{asked} got a folder that is not a checkpoint: it holds no {MARKER!r} marker and no DCP shards. "
+        f"Fix: pass a folder written by fabric.save with strategy='fsdp', or a checkpoint file."
+    )
+
+
+def marker_checksums(folder: Path) -> dict[str, tuple[int, int]] | None:
+    """The checksums the folder's marker lists, or ``None`` for a marker without them (older fabric_lite, DeepSpeed)."""
+    try:
+        return parse_checksums((folder / MARKER).read_text(errors="replace"))
+    except OSError:
+        return None
+
+
+def verification_problems(folder: Path, *, rank: int = 0, world_size: int = 1) -> list[str]:
+    """What differs from the marker's checksums, each rank checking every ``world_size``-th file; gathered on all ranks."""
+    checksums = marker_checksums(folder)
+    if checksums is None:
+        return []  # nothing to check against: loads as before checksums existed
+    names = sorted(checksums)
+    mine = folder_problems(folder, {name: checksums[name] for name in names[rank::world_size]})
+    return [problem for share in _gather(mine, world_size) for problem in share]
+
+
+def verify_folder(folder: Path, *, asked: str, rank: int = 0, world_size: int = 1) -> None:
+    """Raise the same CheckpointError on every rank if a file of the folder differs from the marker's checksums."""
+    problems = verification_problems(folder, rank=rank, world_size=world_size)
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"{asked} refused the sharded checkpoint {str(folder)!r}: {'; '.join(problems[:3])}{more}. Its files were "
+            f"cut off or changed after the save finished. Fix: load another checkpoint (latest_checkpoint(folder) "
+            f"names the newest intact one), or save it again."
+        )
