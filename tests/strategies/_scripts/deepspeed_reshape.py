@@ -1,7 +1,7 @@
 """Run by tests/strategies/test_deepspeed.py: ``python deepspeed_reshape.py OUT PHASE`` with PHASE
 ``save2`` (2 ranks), ``load1`` (1 rank) or ``load2`` (2 ranks), one after the other on the same OUT.
 
-For ZeRO stages 2 and 3 (one Fabric each, in one process): ``save2`` trains on 2 ranks and saves; ``load1``
+For ZeRO stages 2 and 3 in fp32 and bf16-mixed (one Fabric each, in one process): ``save2`` trains on 2 ranks and saves; ``load1``
 loads that on 1 rank, takes the same next step, trains on and saves; ``load2`` loads that on 2 ranks and
 takes the same next step. Each phase records in ``OUT/{phase}-rank{R}.json`` the full fp32 weights, Adam
 moments and steps, buffers and the error messages, for the test to compare across phases.
@@ -17,14 +17,16 @@ from torch import nn
 from fabric_lite import Fabric
 from fabric_lite.strategies.deepspeed import DeepSpeedStrategy
 
-STAGES = (2, 3)
+#: name -> (ZeRO stage, precision); one Fabric each, in one process
+SCENARIOS = {"stage2": (2, "32-true"), "stage3": (3, "32-true"), "stage2-bf16": (2, "bf16-mixed"), "stage3-bf16": (3, "bf16-mixed")}
 
 
-def make_model(seed):
+def make_model(seed, precision):
     torch.manual_seed(seed)
     # A BatchNorm's buffers and a frozen parameter: DeepSpeed's universal loader leaves them alone, fabric_lite
-    # restores them.
-    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 1))
+    # restores them. (DeepSpeed's bf16 casts parameters but not buffers, which BatchNorm refuses: LayerNorm there.)
+    norm = nn.BatchNorm1d(16) if precision == "32-true" else nn.LayerNorm(16)
+    model = nn.Sequential(nn.Linear(8, 16), norm, nn.Tanh(), nn.Linear(16, 1))
     model[0].bias.requires_grad_(False)
     return model
 
@@ -38,8 +40,11 @@ def snapshot(fabric, model, optimizer):
     engine = model._forward_module
     params = {n: p for n, p in engine.module.named_parameters() if p.requires_grad}
     frozen = {n: p for n, p in engine.module.named_parameters() if not p.requires_grad}
-    with deepspeed.zero.GatheredParameters(list(frozen.values()), enabled=hasattr(next(iter(frozen.values())), "ds_id")):
+    everything = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(everything, enabled=hasattr(everything[0], "ds_id")):
         frozen = {n: p.detach().flatten().tolist() for n, p in frozen.items()}
+        # what the engine computes with: bf16 under bf16-mixed, made from the fp32 masters
+        weights = {n: p.detach().float().flatten().tolist() for n, p in engine.module.named_parameters()}
     base = optimizer.optimizer.optimizer  # FabricOptimizer -> ZeRO optimizer -> torch Adam over flat groups
     return {
         "fp32": {n: safe_get_full_fp32_param(p).flatten().tolist() for n, p in params.items()},
@@ -50,6 +55,7 @@ def snapshot(fabric, model, optimizer):
         "global_steps": engine.global_steps,
         "buffers": {n: b.flatten().tolist() for n, b in engine.module.named_buffers()},
         "frozen": frozen,
+        "weights": weights,
     }
 
 
@@ -73,11 +79,11 @@ def main():
     y = x[:, :1] * 0.5 - x[:, 1:2] * 0.25
 
     results = {}
-    for stage in STAGES:
-        fabric = Fabric(accelerator="cpu", devices=devices, strategy=DeepSpeedStrategy(stage=stage))
+    for index, (name, (stage, precision)) in enumerate(SCENARIOS.items()):
+        fabric = Fabric(accelerator="cpu", devices=devices, strategy=DeepSpeedStrategy(stage=stage), precision=precision)
         fabric.launch()
         rank, world = fabric.global_rank, fabric.world_size
-        result = results[f"stage{stage}"] = {"world": world}
+        result = results[name] = {"world": world}
 
         def step(model, optimizer, rows, train=True):
             # The global batch is the same at every world size; each rank takes its share.
@@ -94,15 +100,15 @@ def main():
             step(model, optimizer, rows, train=False)
             return snapshot(fabric, model, optimizer)["fp32"]
 
-        model = make_model(seed=0 if args.phase == "save2" else 1)
+        model = make_model(0 if args.phase == "save2" else 1, precision)
         model, optimizer = fabric.setup(model, torch.optim.Adam(model.parameters(), lr=0.05))
-        ckpt = os.path.join(out, f"{args.phase}-stage{stage}")
+        ckpt = os.path.join(out, f"{args.phase}-{name}")
         if args.phase == "save2":
-            if stage == 3:  # Adam before its first step: no moments to reshard yet
+            if name == "stage3":  # Adam before its first step: no moments to reshard yet
                 fabric.save(os.path.join(out, "nostep"), {"model": model, "optimizer": optimizer})
             result["losses"] = [step(model, optimizer, slice(0, 8)) for _ in range(3)]
         else:
-            source = os.path.join(out, f"{'save2' if args.phase == 'load1' else 'load1'}-stage{stage}")
+            source = os.path.join(out, f"{'save2' if args.phase == 'load1' else 'load1'}-{name}")
             state = {"model": model, "optimizer": optimizer, "step": 0}
             result["remainder"] = fabric.load(source, state)
             result["loaded_step"] = state["step"]
@@ -124,17 +130,17 @@ def main():
         for buffer in model._forward_module.module.buffers():
             torch.distributed.broadcast(buffer, src=0)
         result["saved"] = snapshot(fabric, model, optimizer)
-        fabric.save(ckpt, {"model": model, "optimizer": optimizer, "step": 10 * stage, "extra": {"world": world}})
+        fabric.save(ckpt, {"model": model, "optimizer": optimizer, "step": 10 * (index + 1), "extra": {"world": world}})
         result["continued_after_save"] = continued(model, optimizer, slice(8, 16))
 
-        if args.phase == "save2" and stage == 2:  # SGD with momentum: state the universal checkpoint cannot reshard
-            plain = make_model(seed=2)
+        if args.phase == "save2" and name == "stage2":  # SGD with momentum: state the universal checkpoint cannot reshard
+            plain = make_model(2, precision)
             sgd_model, sgd = fabric.setup(plain, torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9))
             step(sgd_model, sgd, slice(0, 8))
             fabric.save(os.path.join(out, "sgd"), {"model": sgd_model, "optimizer": sgd})
-        if args.phase == "load1":
+        if args.phase == "load1" and name in ("stage2", "stage3"):
             before = snapshot(fabric, model, optimizer)
-            source = os.path.join(out, "sgd" if stage == 2 else "nostep")
+            source = os.path.join(out, "sgd" if name == "stage2" else "nostep")
             result["refused"] = error_of(lambda: fabric.load(source, {"model": model, "optimizer": optimizer}))
             result["untouched_after_refusal"] = snapshot(fabric, model, optimizer) == before
             result["refused_left_nothing"] = sorted(os.listdir(source))
