@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from fabric_lite.checkpoint.disk import write_error
 from fabric_lite.checkpoint.integrity import file_checksum, folder_problems, format_checksums, parse_checksums
-from fabric_lite.errors import CheckpointError
+from fabric_lite.errors import CheckpointError, FabricLiteError
 
 MARKER = "COMPLETE"
 META_FILE = "meta.pt"
@@ -31,23 +31,29 @@ def _temporary_sibling(path: Path, suffix: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- agreement between ranks
-def on_every_rank(fn: Callable[[], _T], *, asked: str, path: Path, world_size: int) -> list[_T]:
-    """Run ``fn`` on this rank, gather every rank's result; if any rank raised, raise the same error on all ranks."""
+def on_every_rank(fn: Callable[[], _T], *, asked: str, path: Path, world_size: int, gather: bool = False) -> Any:
+    """Run ``fn`` on this rank and learn whether every rank succeeded; if one raised, every rank raises.
+
+    The rank that failed raises its own error if it is fabric_lite's (a ConfigurationError stays one), else a
+    CheckpointError from it; the others raise a CheckpointError with the failing rank's message. Returns this
+    rank's result, or (``gather``) the list of every rank's result.
+    """
     failure: Exception | None = None
     try:
-        outcome: tuple[Any, str | None] = (fn(), None)
+        result: Any = fn()
+        message = None
     except Exception as error:  # noqa: BLE001 - told to every rank, then raised again below
-        failure = error
-        outcome = (None, describe(error, asked=asked, path=path))
-    outcomes = _gather(outcome, world_size)
-    failed = [(rank, message) for rank, (_, message) in enumerate(outcomes) if message is not None]
+        failure, result, message = error, None, describe(error, asked=asked, path=path)
+    outcomes = _gather((result if gather else None, message), world_size)
+    failed = [(rank, text) for rank, (_, text) in enumerate(outcomes) if text is not None]
     if failed:
+        if isinstance(failure, FabricLiteError):
+            raise failure
         rank, message = failed[0]
-        if world_size > 1:
-            others = f" and {len(failed) - 1} more rank(s)" if len(failed) > 1 else ""
-            message = f"{message} [failed on rank {rank}{others}]"
+        if world_size > 1 and not message.endswith("]"):
+            message = message.rstrip(".") + f". [failed on rank {rank}{f' and {len(failed) - 1} more' if len(failed) > 1 else ''}]"
         raise CheckpointError(message) from failure
-    return [result for result, _ in outcomes]
+    return [value for value, _ in outcomes] if gather else result
 
 
 def _gather(obj: Any, world_size: int) -> list[Any]:
@@ -67,8 +73,13 @@ def describe(error: BaseException, *, asked: str, path: Path) -> str:
     mapped = write_error(path, error, asked=asked, kept=KEPT)
     if mapped is not None:
         return str(mapped)
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    return f"{asked} failed: {type(error).__name__}: {first_line}"
+    return (f"{asked} failed: {type(error).__name__}: {_first_sentence(error)}. Nothing was written at that path (a "
+            f"checkpoint already there is unchanged). Fix: resolve that error (the rank that raised it shows its "
+            f"traceback) and save again")
+
+
+def _first_sentence(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
 
 
 def dcp_error(error: BaseException, *, asked: str, path: Path, reading: bool) -> CheckpointError:
@@ -85,10 +96,9 @@ def dcp_error(error: BaseException, *, asked: str, path: Path, reading: bool) ->
     rank, inner = failures[0] if failures else (0, error)
     if not reading:
         return CheckpointError(describe(inner, asked=asked, path=path) + f" [failed on rank {rank}]")
-    first_line = (str(inner).strip().splitlines() or [""])[0]
     return CheckpointError(
         f"{asked} could not read the sharded checkpoint {str(path)!r} (rank {rank}: {type(inner).__name__}: "
-        f"{first_line}). The folder is damaged, or was saved from other objects. Fix: load another checkpoint "
+        f"{_first_sentence(inner)}). The folder is damaged, or was saved from other objects. Fix: load another checkpoint "
         f"(latest_checkpoint(folder) names the newest intact one), or save it again."
     )
 
@@ -120,8 +130,8 @@ def save_folder(
         )
     staging = _temporary_sibling(path, "partial")
 
-    def together(fn: Callable[[], _T]) -> list[_T]:
-        return on_every_rank(fn, asked=asked, path=path, world_size=world_size)
+    def together(fn: Callable[[], _T], gather: bool = False) -> Any:
+        return on_every_rank(fn, asked=asked, path=path, world_size=world_size, gather=gather)
 
     def prepare() -> None:
         if rank == 0:
@@ -139,11 +149,16 @@ def save_folder(
     try:
         together(prepare)
         together(lambda: write_shards(staging))
-        shares = together(lambda: checksum_share(staging, rank=rank, world_size=world_size))
+        shares = together(lambda: checksum_share(staging, rank=rank, world_size=world_size), gather=True)
         together(lambda: finish(shares))
-    except BaseException:
+    except FabricLiteError:  # every rank knows the save failed, and none writes into the staging folder any more
         if rank == 0:
-            remove_folder(staging)  # every rank has passed the last collective it joined: nobody writes there now
+            remove_folder(staging)
+        _gather(None, world_size)  # no rank returns before the unfinished folder is gone
+        raise
+    except BaseException:  # interrupted, or a collective broke: clean up without waiting for the others
+        if rank == 0:
+            remove_folder(staging)
         raise
 
 

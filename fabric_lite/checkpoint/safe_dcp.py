@@ -75,15 +75,21 @@ def read_metadata(folder: str | Path) -> Any:
         with open(path, "rb") as handle:
             metadata = _MetadataUnpickler(handle).load()
     except pickle.UnpicklingError as error:
-        raise _refused(repr(str(path)), error) from None
-    except (EOFError, OSError) as error:
-        raise CheckpointError(
-            f"fabric.load({str(path.parent)!r}) could not read {path.name} ({type(error).__name__}: {error}): the "
-            f"folder is damaged. Fix: load another checkpoint."
-        ) from None
+        if "is not allowed in checkpoint metadata" in str(error):
+            raise _refused(repr(str(path)), error) from None
+        raise _damaged(path, error) from None  # cut off or changed bytes, not a forbidden global
+    except Exception as error:  # EOFError, OSError, or whatever a damaged pickle makes the unpickler raise
+        raise _damaged(path, error) from None
     if not isinstance(metadata, Metadata):
         raise _refused(repr(str(path)), pickle.UnpicklingError(f"it holds a {type(metadata).__name__}, not DCP metadata"))
     return metadata
+
+
+def _damaged(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"fabric.load({str(path.parent)!r}) could not read {path.name} ({type(error).__name__}: {error}): the "
+        f"folder is damaged. Fix: load another checkpoint (latest_checkpoint(folder) names the newest intact one)."
+    )
 
 
 class SafeFileSystemReader(FileSystemReader):

@@ -120,17 +120,26 @@ def save_checkpoint(
     if not isinstance(state, Mapping):
         to_saveable(state, strategy)  # raises the standard error
     objects = {key: unwrap(obj) for key, obj in state.items() if isinstance(unwrap(obj), _OBJECTS)}
-    # Plain values, stateful objects, filter checks and fabric_lite's metadata: as every strategy does.
-    saveable = to_saveable({k: ({} if k in objects else v) for k, v in state.items()}, strategy, filter=filter)
-    for key, obj in objects.items():
-        value = _state_dict_of(obj, full=full, owner=owner)
-        if filter is not None and key in filter:
-            value = {name: item for name, item in value.items() if filter[key](name, item)}
-        saveable[key] = value
-    if full:  # rank 0 writes; every rank learns whether it could
-        on_every_rank(lambda: strategy.is_global_zero and atomic_save(saveable, path), asked=f"fabric.save({str(path)!r})",
-                      path=Path(path), world_size=strategy.world_size)
+    asked, target = f"fabric.save({str(path)!r})", Path(path)
+
+    def collect() -> dict[str, Any]:
+        # Plain values, stateful objects, filter checks and fabric_lite's metadata: as every strategy does.
+        saveable = to_saveable({k: ({} if k in objects else v) for k, v in state.items()}, strategy, filter=filter)
+        for key, obj in objects.items():
+            value = _state_dict_of(obj, full=full, owner=owner)
+            if filter is not None and key in filter:
+                value = {name: item for name, item in value.items() if filter[key](name, item)}
+            saveable[key] = value
+        return saveable
+
+    if full:  # gathering full state dicts runs collectives: no agreement around it; rank 0 writes, all learn the outcome
+        saveable = collect()
+        on_every_rank(lambda: strategy.is_global_zero and atomic_save(saveable, path), asked=asked, path=target,
+                      world_size=strategy.world_size)
         return
+    # Sharded state dicts are local: a rank that fails here (a stateful object raising) must not leave the others
+    # waiting in the save's first collective.
+    saveable = on_every_rank(collect, asked=asked, path=target, world_size=strategy.world_size)
     extra = {key: value for key, value in saveable.items() if key not in objects}
     layout = {
         "modules": [k for k, o in objects.items() if isinstance(o, nn.Module)],
