@@ -140,6 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"are 0 to {args.num_nodes - 1}). Fix: give each machine a distinct rank below {args.num_nodes}.",
               file=sys.stderr)
         return 2
+    if args.main_port is not None and not 1 <= args.main_port <= 65535:
+        print(f"fabric-run: --main-port {args.main_port} is not a TCP port (ports run from 1 to 65535). Fix: give a free "
+              f"port such as --main-port {_DEFAULT_MULTI_NODE_PORT}, or leave --main-port out on one machine.", file=sys.stderr)
+        return 2
+    if args.max_restarts < 0:
+        print(f"fabric-run: --max-restarts {args.max_restarts} is negative; it counts how often the workers are "
+              f"restarted after a failure. Fix: --max-restarts 0 (never, the default) or a positive count.", file=sys.stderr)
+        return 2
     port = args.main_port or (_free_port() if args.num_nodes == 1 else _DEFAULT_MULTI_NODE_PORT)
     if args.main_port and args.node_rank == 0 and not args.dry_run and port_in_use(args.main_address, port):
         print(f"fabric-run: --main-port {port} is already in use on {args.main_address}, so the processes cannot "

@@ -109,3 +109,20 @@ def test_main_port_in_use_is_refused(script):
         result = run_cli("--main-port", str(port), script.as_posix())
     assert result.returncode == 2
     assert f"fabric-run: --main-port {port} is already in use on 127.0.0.1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--main-port", "0"], "fabric-run: --main-port 0 is not a TCP port (ports run from 1 to 65535). Fix: give a free port"),
+        (["--main-port", "70000"], "fabric-run: --main-port 70000 is not a TCP port (ports run from 1 to 65535)."),
+        (["--main-port", "-5"], "fabric-run: --main-port -5 is not a TCP port"),
+        (["--max-restarts", "-1"], "fabric-run: --max-restarts -1 is negative; it counts how often the workers are "
+                                   "restarted after a failure. Fix: --max-restarts 0"),
+    ],
+)
+def test_out_of_range_flags_are_refused_naming_the_flag(flags, message, script):
+    result = run_cli(*flags, script.as_posix())
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and "RESULT" not in result.stdout

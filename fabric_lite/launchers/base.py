@@ -19,12 +19,18 @@ class Launcher(Protocol):
         ...
 
 
-def print_root_cause(*, rank: int, local_rank: int, host: str, how: str, callstack: str | None, first: bool = True) -> None:
-    """Print one failed rank to stderr, the root cause first: rank, host, exit code or signal, traceback."""
+def print_root_cause(
+    *, rank: int, local_rank: int, host: str, how: str, callstack: str | None, first: bool = True, event: str | None = None
+) -> None:
+    """Print one failed rank to stderr, the root cause first: rank, host, exit code or signal, traceback.
+
+    ``event`` replaces "failed with HOW", e.g. "exited (code 0) before rank 0 finished its collective".
+    """
     import sys
 
     title = "Root cause" if first else "Also failed"
-    print(f"fabric_lite: {title}: rank {rank} (local rank {local_rank}) on {host} failed with {how}.", file=sys.stderr)
+    event = event or f"failed with {how}"
+    print(f"fabric_lite: {title}: rank {rank} (local rank {local_rank}) on {host} {event}.", file=sys.stderr)
     if callstack:
         print(callstack.rstrip(), file=sys.stderr)
     sys.stderr.flush()
@@ -50,3 +56,16 @@ PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pi
 def is_peer_lost(text: str) -> bool:
     """Whether an error text says a peer process vanished (the root cause is elsewhere)."""
     return any(marker in text for marker in PEER_LOST)
+
+
+def blamed_ranks(text: str) -> list[int]:
+    """The ranks an error says failed first: every rank raises the same error after a gathered failure (a sharded
+    ``fabric.save`` says ``[failed on rank N]``), and the rank named there is the root cause, not the reporter."""
+    import re
+
+    return [int(rank) for rank in re.findall(r"\[failed on rank (\d+)", text)]
+
+
+def early_exit_event(rank: int) -> str:
+    """How the report words a rank that exited with code 0 while its peers still waited for it."""
+    return f"exited (code 0) before rank {rank} finished its collective"

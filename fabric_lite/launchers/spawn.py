@@ -7,17 +7,20 @@ root cause printed first.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
 import socket
+import sys
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.multiprocessing as mp
 
 from fabric_lite.errors import ConfigurationError, FabricEnvironmentError
-from fabric_lite.launchers.base import describe_exit, is_peer_lost, print_root_cause
+from fabric_lite.launchers.base import blamed_ranks, describe_exit, early_exit_event, is_peer_lost, print_root_cause
 from fabric_lite.launchers.external import die_with_parent
 from fabric_lite.utilities import hang
 from fabric_lite.utilities.distributed import find_free_port, port_in_use
@@ -93,26 +96,35 @@ class MultiProcessLauncher:
             while not processes.join():
                 pass
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
-            index, how, callstack = _root_cause(processes, error)
-            self._report(index, how, callstack)
-            raise ProcessFailedError(f"rank {self._rank(index)} failed with {how}; see the report above.") from None
+            index, how, callstack, event = _root_cause(processes, error, first_rank=self._rank(0))
+            self._report(index, how, callstack, event)
+            raise ProcessFailedError(f"rank {self._rank(index)} {event or f'failed with {how}'}; see the report above.") from None
+        except BaseException as error:
+            # Ctrl-C / a notebook's "interrupt kernel" reaches this parent alone: the ranks would train on, and the
+            # interpreter's exit would wait for them (they are not daemons).
+            stopped = _stop_processes(processes.processes)
+            what = "interrupted (SIGINT)" if isinstance(error, KeyboardInterrupt) else f"stopped by {type(error).__name__}"
+            print(f"fabric_lite: the launching process was {what}; stopped {stopped} running rank(s).", file=sys.stderr,
+                  flush=True)
+            raise
         return results.get() if not results.empty() else None
 
     def _rank(self, local_rank: int) -> int:
         return int(os.environ.get("NODE_RANK", "0")) * self.num_processes + local_rank
 
-    def _report(self, local_rank: int, how: str, callstack: str | None) -> None:
+    def _report(self, local_rank: int, how: str, callstack: str | None, event: str | None = None) -> None:
         print_root_cause(rank=self._rank(local_rank), local_rank=local_rank, host=socket.gethostname(), how=how,
-                         callstack=callstack)
+                         callstack=callstack, event=event)
 
 
 class ProcessFailedError(FabricEnvironmentError):
     """A rank of a spawned run failed; the root cause was printed first."""
 
 
-def _root_cause(processes: Any, error: Exception) -> tuple[int, str, str | None]:
-    """The rank that failed first: torch reports whichever failure it noticed first, which under a
-    collective is often a survivor complaining that its peer vanished."""
+def _root_cause(processes: Any, error: Exception, *, first_rank: int = 0) -> tuple[int, str, str | None, str | None]:
+    """The rank that failed first, as (local rank, how, traceback, event): torch reports whichever failure it noticed
+    first, which under a collective is often a survivor complaining that its peer vanished, or, after a gathered
+    failure (a sharded save), any rank repeating the error of the rank it names."""
     reported = error.error_index  # type: ignore[attr-defined]
     exceptions: list[tuple[float, int, str]] = []
     for index, path in enumerate(processes.error_files):
@@ -122,17 +134,41 @@ def _root_cause(processes: Any, error: Exception) -> tuple[int, str, str | None]
             exceptions.append((os.path.getmtime(path), index, trace))
         except (OSError, EOFError, pickle.UnpicklingError):
             continue
+    named = {rank - first_rank for _, _, trace in exceptions for rank in blamed_ranks(trace)}
+    blamed = sorted(e for e in exceptions if e[1] in named)
+    if blamed:
+        return blamed[0][1], "an exception", blamed[0][2], None
     causes = sorted(e for e in exceptions if not is_peer_lost(e[2]))
     if isinstance(error, mp.ProcessExitedException) and not any(i == reported for _, i, _ in exceptions):
         how = describe_exit(-signal.Signals[error.signal_name].value if error.signal_name else error.exit_code)
-        return reported, how, None  # died without a Python exception: nothing else can have caused it
+        return reported, how, None, None  # died without a Python exception: nothing else can have caused it
     if causes:
-        return causes[0][1], "an exception", causes[0][2]
+        return causes[0][1], "an exception", causes[0][2], None
+    for index, process in enumerate(processes.processes):
+        if process.exitcode == 0 and exceptions:  # left while the others still waited for it in a collective
+            return index, "exit code 0", None, early_exit_event(first_rank + exceptions[0][1])
     for index, process in enumerate(processes.processes):
         if process.exitcode is not None and process.exitcode < 0 and process.exitcode != -signal.SIGTERM:
-            return index, describe_exit(process.exitcode), None
+            return index, describe_exit(process.exitcode), None, None
     trace = next((t for _, i, t in exceptions if i == reported), None)
-    return reported, "an exception", trace
+    return reported, "an exception", trace, None
+
+
+def _stop_processes(processes: list[Any], grace_s: float = 1.0) -> int:
+    """SIGTERM the ranks still running, SIGKILL those still there after ``grace_s`` (a Preemption plugin catches
+    SIGTERM), and reap them all. Returns how many were running."""
+    running = [p for p in processes if p.is_alive()]
+    for process in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in running:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in running:
+        if process.is_alive():
+            process.kill()
+        process.join(5)
+    return len(running)
 
 
 def _run_in_process(
