@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fabric_lite.checkpoint.io import _fsync_dir
 from fabric_lite.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -75,16 +76,17 @@ def check_reshardable(tag_folder: Path, *, asked: str, saved: int, now: int) -> 
 def universal_folder(folder: Path, tag: str) -> Path:
     """``<folder>/universal``, made by rank 0 from ``<folder>/<tag>`` if it is not there yet; returns its path.
 
-    Atomic: written under a temporary name, marked complete, then renamed; a conversion that another job
-    finished first is kept and ours discarded.
+    Atomic: written under a temporary name, marked complete, then renamed; what a conversion killed part-way
+    left is removed first.
     """
     target = folder / UNIVERSAL
     if (target / MARKER).is_file():
         return target
     from deepspeed.checkpoint import ds_to_universal
 
-    shutil.rmtree(target, ignore_errors=True)  # no marker: not ours to trust (never renamed into place complete)
-    staging = folder / f".{UNIVERSAL}.{os.getpid()}.partial"
+    # Left by a conversion killed part-way: a folder without the marker was never renamed into place complete.
+    staging = folder / f".{UNIVERSAL}.partial"
+    shutil.rmtree(target, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
     args = argparse.Namespace(
         input_folder=str(folder / tag), output_folder=str(staging / tag),
@@ -98,11 +100,9 @@ def universal_folder(folder: Path, tag: str) -> Path:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             ds_to_universal.main(args)  # also writes staging/latest_universal, next to the tag folder
         (staging / MARKER).write_text("fabric_lite: DeepSpeed universal checkpoint, complete\n")
-        try:
-            os.replace(staging, target)
-        except OSError:  # another job renamed its conversion into place first
-            if not (target / MARKER).is_file():
-                raise
+        _fsync_dir(staging)
+        os.replace(staging, target)
+        _fsync_dir(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

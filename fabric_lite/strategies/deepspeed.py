@@ -620,9 +620,9 @@ class DeepSpeedStrategy(DDPStrategy):
         now = engine.seq_dp_world_size
         layout = saved_layout(folder / TAG) if self.is_global_zero else None
         saved, stage = self.broadcast(layout)
-        if saved == now or stage == 0 or engine.optimizer is None or not engine.zero_optimization():
-            # Stage 0 keeps the whole optimizer in rank 0's file, which any world size reads; an engine without
-            # optimizer (inference) reads the weights through DeepSpeed's own path.
+        if saved == now or stage == 0 or id(engine) not in self._trained or not engine.zero_optimization():
+            # Stage 0 keeps the whole optimizer in rank 0's file, which any world size reads; an engine set up
+            # without optimizer (inference) reads the weights whole through DeepSpeed's zero_to_fp32.
             return None
         failure: Exception | None = None
         if self.is_global_zero:

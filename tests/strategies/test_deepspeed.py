@@ -516,6 +516,7 @@ def test_conversion_is_made_once_inside_the_checkpoint_folder(reshaped):
         ]
         for source in (f"save2-{stage}", f"load1-{stage}"):
             assert (out / source / "universal" / "COMPLETE").is_file()
+            assert not (out / source / "universal" / "checkpoint" / "junk.pt").exists()  # left by a killed conversion
             assert sorted(p.name for p in (out / source).iterdir() if p.name.startswith(".")) == []
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 

@@ -109,6 +109,12 @@ def main():
             result["losses"] = [step(model, optimizer, slice(0, 8)) for _ in range(3)]
         else:
             source = os.path.join(out, f"{'save2' if args.phase == 'load1' else 'load1'}-{name}")
+            if args.phase == "load1" and fabric.global_rank == 0:
+                # What a conversion killed part-way leaves: a staging folder, a universal folder without marker.
+                for leftover in (".universal.partial", "universal"):
+                    os.makedirs(os.path.join(source, leftover, "checkpoint"))
+                    with open(os.path.join(source, leftover, "checkpoint", "junk.pt"), "w") as handle:
+                        handle.write("cut short")
             state = {"model": model, "optimizer": optimizer, "step": 0}
             result["remainder"] = fabric.load(source, state)
             result["loaded_step"] = state["step"]
