@@ -1,21 +1,45 @@
 """Exact mid-epoch resume: the progress and random state of a dataloader returned by ``Fabric.setup_dataloaders``.
 
-A loader's state (``loader.state_dict()``) holds, for one rank: the epochs started, the batches already
-handed out in the epoch in progress, the random state at the start of that epoch, and the process's
-random state now (Python, NumPy, torch, CUDA, and the loader's own generators). ``fabric.save`` gathers
-it from every rank into one entry (``{"world_size": W, "ranks": [...]}``); on ``fabric.load`` each rank
-takes its own. The next ``iter(loader)`` then continues the interrupted epoch, bit for bit:
+A loader's state (``loader.state_dict()``) holds, for one rank: the epochs started, the batches handed out in
+the epoch in progress, the random state at the start of that epoch, the process's random state now (Python,
+NumPy, torch, CUDA, the loader's and sampler's generators), each worker process's random state (Python, NumPy,
+torch) before its next batch, and a stateful IterableDataset's own ``state_dict()``. ``fabric.save`` gathers it
+from every rank into one entry (``{"world_size": W, "ranks": [...]}``); on ``fabric.load`` each rank takes its own.
 
-* The epoch's order is drawn again, not replayed: the random state at the start of the epoch is put back
-  just for the draw (torch's DataLoader draws the worker base seed when the iterator is made, a shuffling
-  sampler draws its permutation on its first index; DistributedSampler derives it from seed + epoch), and
-  the state the checkpoint restored is put back right after, so the training loop's own random stream is
-  untouched.
-* Batches already handed out are skipped at the index level: the sampler's first ``k * batch_size``
-  indices are dropped before any sample is read, so no skipped batch is loaded, collated or sent to a worker.
-* Worker seeds are those of the original epoch (same base seed). Random draws made *inside* workers restart
-  from those seeds, so per-sample augmentation that uses the global generators in workers is not
-  reproduced mid-epoch; derive it from the sample index (or use ``num_workers=0``) when that matters.
+Guarantee: the next ``iter(loader)`` after ``fabric.load`` continues the epoch that was in progress when
+``fabric.save`` ran, and the run is bit for bit the one that never stopped (same batches in the same order and
+content, same draws of the training loop and of the workers), on every rank. It holds whether the save ran
+inside the ``for batch in loader`` loop or after the loop was left (``break``, ``return`` from a function, an
+exception: the iterator is then closed, the epoch stays in progress at the batches handed out). Left right
+after the last batch of an epoch, the resumed iteration yields nothing and the next one starts the next epoch,
+so a loop's own epoch counter (``for epoch in range(state["epoch"], E)``) stays in step. In the saving process
+itself a new ``iter(loader)`` after leaving a loop starts a new epoch, as with a plain DataLoader.
+
+How:
+
+* The epoch's order is drawn again, not replayed: the random state at the start of the epoch is put back just
+  for the draw (torch's DataLoader draws the worker base seed when the iterator is made, a shuffling sampler its
+  permutation on its first index; DistributedSampler derives it from seed + epoch), and the state the checkpoint
+  restored right after, so the training loop's own random stream is untouched.
+* Batches already handed out are skipped at the index level: the sampler's first ``k * batch_size`` indices are
+  dropped before any sample is read. With ``num_workers = n > 0`` workers take batches in turn from worker 0, so
+  the resume starts at ``k - k % n`` and makes the ``k % n`` batches up to ``k`` again (dropped): each batch comes
+  from the worker (id, seed, random state) that made it originally.
+* Worker random state (``utilities/worker_rng.py``): each worker sends its state with every batch; the new
+  workers of a resumed epoch (or of a persistent pool after an epoch end) start from the saved states, after
+  torch's seeding and the user's ``worker_init_fn``.
+* An IterableDataset has no indices to skip: with ``state_dict()`` / ``load_state_dict()`` and ``num_workers=0``
+  its own state is saved and loaded (the dataset then decides where its next ``__iter__`` starts).
+
+Limits: the same world size, batches per epoch and ``generator=`` arguments (a clear error otherwise). Random
+draws inside workers are reproduced only for map-style datasets with ``in_order=True`` (the default) and the same
+``num_workers`` (not checked: the batches are still exact); with ``persistent_workers=True``, not for a save in the
+first ``num_workers`` batches of an epoch that follows one left early in the same process (prefetched batches that
+were dropped advanced the workers). An IterableDataset resumes mid-epoch only as above (else a clear error).
+Workers' CUDA generators are not saved. Up to ``num_workers - 1`` batches are read again on resume. A loop that
+leaves every epoch early on purpose (a batch limit) and saves after leaving resumes inside the left epoch; put the
+limit in the sampler (``RandomSampler(..., num_samples=limit * batch_size)``) so that epochs end by themselves.
+Cost with workers: about 10 kB of random state per batch on the worker queue (none when a worker drew nothing).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Exact mid-epoch resume: N steps straight == K steps, save, a NEW process loads and runs N - K steps.
 
-Bitwise (torch.equal): the batches and their order, the losses, the final parameters, the worker seeds
-and the Python / NumPy streams; for one process (16-mixed: the GradScaler too), 2-rank DDP and 2-rank
-FSDP (sharded folder), shuffled, num_workers 0 and 2, stopped in the middle of the second epoch. The
-skipped batches are never fetched: the dataset logs every index it reads.
+Bitwise (torch.equal): the batches and their order, the samples, the losses, the final parameters, the worker
+seeds and the Python / NumPy streams; for one process (16-mixed: the GradScaler too), 2-rank DDP and 2-rank
+FSDP (sharded folder), shuffled, num_workers 0 and 2 (samples drawn from the workers' own generators), stopped
+in the middle of the second epoch. The skipped batches are never fetched: the dataset logs every index it reads.
+Jobs that LEAVE their loop before saving (break, return, right after an epoch's last batch; workers, persistent
+workers, a stateful IterableDataset; 1 process and 2 DDP ranks) resume like the run that never stopped.
 """
 
 from __future__ import annotations
@@ -291,3 +293,29 @@ def test_a_loop_left_with_break_or_return_resumes_bitwise_like_the_uninterrupted
         for key in ("batches", "samples", "losses", "epochs"):
             assert equal_lists(straight[key], before[key] + after[key]), f"{key} differ ({where})"
         assert equal_lists(straight["params"], after["params"]), f"final parameters differ ({where})"
+
+
+class WorkerNoise(torch.utils.data.Dataset):
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        return torch.rand(1) + i  # drawn in a worker process
+
+
+def test_persistent_workers_keep_their_random_streams_across_a_save_between_epochs(tmp_path):
+    def build():
+        return fabric.setup_dataloaders(
+            DataLoader(WorkerNoise(), batch_size=2, shuffle=True, num_workers=2, persistent_workers=True))
+
+    fabric = Fabric(accelerator="cpu")
+    torch.manual_seed(0)
+    loader = build()
+    straight = [b for _ in range(3) for b in loader]
+    torch.manual_seed(0)
+    loader = build()
+    first = list(loader)  # a whole epoch: the pool lives on, its workers' generators where they are
+    fabric.save(tmp_path / "a.ckpt", {"loader": loader})
+    other = build()
+    fabric.load(tmp_path / "a.ckpt", {"loader": other})  # a new pool, its workers put back where they were
+    assert equal_lists(straight, first + [b for _ in range(2) for b in other])
