@@ -149,3 +149,31 @@ def restore_unsharded(engine: DeepSpeedEngine, folder: Path, tag: str) -> None:
         with deepspeed.zero.GatheredParameters(targets, modifier_rank=0, enabled=hasattr(targets[0], "ds_id")):
             for name, param in zip(frozen, targets):
                 param.data.copy_(saved[name].contiguous())
+
+
+#: What DeepSpeed's own load leaves out of the client state it returns (engine.py, _load_checkpoint).
+_ENGINE_KEYS = ("module", "optimizer", "lr_scheduler", "skipped_steps", "global_steps", "dp_world_size",
+                "mp_world_size", "data_sampler", "random_ltd")
+
+
+def load_whole_weights(engine: DeepSpeedEngine, folder: Path, tag: str, *, strict: bool) -> dict[str, Any]:
+    """Load the whole weights and buffers of any checkpoint into an engine set up without optimizer (inference),
+    at any world size; returns the client state as DeepSpeed's own load does.
+
+    DeepSpeed's engine.load_checkpoint cannot: at stage 3 it ends by asking the parameter-offload "optimizer" of
+    such an engine to refresh fp32 copies it does not have. ZeRO shards are merged by DeepSpeed's ``zero_to_fp32``.
+    """
+    import deepspeed
+    from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT, ZERO_STAGE
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    tag_folder = folder / tag
+    states = _load(min(tag_folder.glob("*model_states.pt")))
+    optim_files = sorted(tag_folder.glob("*optim_states.pt"))
+    sharded = bool(optim_files) and ZERO_STAGE in _load(optim_files[0]).get(OPTIMIZER_STATE_DICT, {})
+    weights = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag) if sharded else states["module"]
+    params = list(engine.module.parameters())
+    # Stage 3: every rank writes the gathered parameters, and rank 0's are partitioned again on exit.
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0, enabled=bool(params) and hasattr(params[0], "ds_id")):
+        engine.module.load_state_dict(weights, strict=strict)
+    return {key: value for key, value in states.items() if key not in _ENGINE_KEYS}

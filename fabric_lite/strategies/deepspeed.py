@@ -26,6 +26,7 @@ from fabric_lite.accelerators import Accelerator
 from fabric_lite.checkpoint.deepspeed_universal import (
     UNIVERSAL,
     check_reshardable,
+    load_whole_weights,
     loading_universal,
     restore_unsharded,
     saved_layout,
@@ -591,14 +592,17 @@ class DeepSpeedStrategy(DDPStrategy):
                     f"fabric.load(path, state, weights_only=False)."
                 )
         engine, module_key, optimizer_key = self._engine_in_state(state, asked=f"fabric.load({source!r}, state)")
-        universal = self._universal_for(folder, engine, asked=f"fabric.load({source!r})")
-        with loading_universal(engine) if universal else contextlib.nullcontext():
-            load_path, client = engine.load_checkpoint(
-                str(universal or folder), tag=TAG, load_module_strict=strict,
-                load_optimizer_states=optimizer_key is not None, load_lr_scheduler_states=False,
-            )
-        if universal and load_path is not None:
-            restore_unsharded(engine, folder, TAG)
+        if id(engine) not in self._trained:  # set up for inference: weights only, from any stage and world size
+            load_path, client = str(folder), load_whole_weights(engine, folder, TAG, strict=strict)
+        else:
+            universal = self._universal_for(folder, engine, asked=f"fabric.load({source!r})")
+            with loading_universal(engine) if universal else contextlib.nullcontext():
+                load_path, client = engine.load_checkpoint(
+                    str(universal or folder), tag=TAG, load_module_strict=strict,
+                    load_optimizer_states=optimizer_key is not None, load_lr_scheduler_states=False,
+                )
+            if universal and load_path is not None:
+                restore_unsharded(engine, folder, TAG)
         if load_path is None or client is None:
             raise CheckpointError(
                 f"fabric.load({source!r}): DeepSpeed could not load the checkpoint (see its log above). "
@@ -620,10 +624,8 @@ class DeepSpeedStrategy(DDPStrategy):
         now = engine.seq_dp_world_size
         layout = saved_layout(folder / TAG) if self.is_global_zero else None
         saved, stage = self.broadcast(layout)
-        if saved == now or stage == 0 or id(engine) not in self._trained or not engine.zero_optimization():
-            # Stage 0 keeps the whole optimizer in rank 0's file, which any world size reads; an engine set up
-            # without optimizer (inference) reads the weights whole through DeepSpeed's zero_to_fp32.
-            return None
+        if saved == now or stage == 0 or not engine.zero_optimization():
+            return None  # stage 0 keeps the whole optimizer in rank 0's file, which any world size reads
         failure: Exception | None = None
         if self.is_global_zero:
             try:

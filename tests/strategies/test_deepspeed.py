@@ -543,3 +543,18 @@ def test_optimizer_state_that_cannot_be_resharded_is_refused(reshaped):
     for refused in (sgd, nostep):  # refused before anything was loaded or written
         assert refused["untouched_after_refusal"] is True
         assert refused["refused_left_nothing"] == ["COMPLETE", "checkpoint", "latest", "zero_to_fp32.py", "zero_to_torch.py"]
+
+
+@pytest.mark.parametrize("stage", ["stage2", "stage3"])
+def test_model_without_optimizer_loads_weights_at_any_world_size(reshaped, stage):
+    # fabric.setup_module: before, DeepSpeed's load failed at stage 3 whatever the world size
+    # ('DeepSpeedZeRoOffload' object has no attribute '_restore_from_bit16_weights')
+    _, results = reshaped
+    for saved, loading in ((results["save2"][0][stage]["saved"], results["load1"]),  # 2 -> 1
+                           (results["load1"][0][stage]["saved"], results["load2"])):  # 1 -> 2
+        for rank_result in loading:
+            inference = rank_result[stage]["inference"]
+            assert rank_result[stage]["inference_remainder"] == {"step": rank_result[stage]["loaded_step"]}
+            assert {n: inference[n] for n in saved["fp32"]} == saved["fp32"]
+            assert {n: inference[n] for n in saved["frozen"]} == saved["frozen"]
+            assert {n: inference[n] for n in saved["buffers"]} == saved["buffers"]

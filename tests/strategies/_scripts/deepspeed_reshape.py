@@ -59,6 +59,16 @@ def snapshot(fabric, model, optimizer):
     }
 
 
+def whole_weights(model):
+    """The module's parameters and buffers, gathered at stage 3: collective, every rank calls it."""
+    import deepspeed
+
+    module = model._forward_module.module
+    params = list(module.parameters())
+    with deepspeed.zero.GatheredParameters(params, enabled=hasattr(params[0], "ds_id")):
+        return {n: t.detach().float().flatten().tolist() for n, t in module.state_dict().items()}
+
+
 def error_of(fn):
     try:
         fn()
@@ -126,6 +136,10 @@ def main():
                 fabric.load(source, {"model": model, "optimizer": optimizer})
                 result["converted_once"] = os.stat(universal).st_mtime_ns == made
                 result["siblings"] = sorted(os.listdir(source))
+            if name in ("stage2", "stage3"):  # a model set up without optimizer (inference) loads the weights
+                inference = fabric.setup_module(make_model(3, precision))
+                result["inference_remainder"] = fabric.load(source, {"model": inference, "extra": None})
+                result["inference"] = whole_weights(inference)
         result["continued"] = continued(model, optimizer, slice(8, 16))
         if args.phase == "load2":
             continue
