@@ -3,7 +3,7 @@
 A loader's state (``loader.state_dict()``) holds, for one rank: the epochs started, the batches handed out in
 the epoch in progress, the random state at the start of that epoch, the process's random state now (Python,
 NumPy, torch, CUDA, the loader's and sampler's generators), each worker process's random state (Python, NumPy,
-torch) before its next batch, and a stateful IterableDataset's own ``state_dict()``. ``fabric.save`` gathers it
+torch) before its next batch, and a stateful IterableDataset's own ``state_dict()`` (each worker's copy's). ``fabric.save`` gathers it
 from every rank into one entry (``{"world_size": W, "ranks": [...]}``); on ``fabric.load`` each rank takes its own.
 
 Guarantee: the next ``iter(loader)`` after ``fabric.load`` continues the epoch that was in progress when
@@ -28,14 +28,17 @@ How:
 * Worker random state (``utilities/worker_rng.py``): each worker sends its state with every batch; the new
   workers of a resumed epoch (or of a persistent pool after an epoch end) start from the saved states, after
   torch's seeding and the user's ``worker_init_fn``.
-* An IterableDataset has no indices to skip: with ``state_dict()`` / ``load_state_dict()`` and ``num_workers=0``
-  its own state is saved and loaded (the dataset then decides where its next ``__iter__`` starts).
+* An IterableDataset has no indices to skip: if it has ``state_dict()`` / ``load_state_dict()`` (torchdata's
+  Stateful protocol), its state is saved and put back, in the main process (``num_workers=0``) or in each
+  worker's copy, before its next ``__iter__``. The dataset must continue there after ``load_state_dict`` (yielding
+  nothing if that pass had ended) and start a new pass on any other ``__iter__``.
 
 Limits: the same world size, batches per epoch and ``generator=`` arguments (a clear error otherwise). Random
-draws inside workers are reproduced only for map-style datasets with ``in_order=True`` (the default) and the same
-``num_workers`` (not checked: the batches are still exact); with ``persistent_workers=True``, not for a save in the
-first ``num_workers`` batches of an epoch that follows one left early in the same process (prefetched batches that
-were dropped advanced the workers). An IterableDataset resumes mid-epoch only as above (else a clear error).
+draws inside workers are reproduced only with ``in_order=True`` (the default) and the same ``num_workers`` (not
+checked for a map-style dataset: its batches are still exact); with ``persistent_workers=True``, not for a save in
+the first ``num_workers`` batches of an epoch that follows one left early in the same process (prefetched batches
+that were dropped advanced the workers). An IterableDataset resumes mid-epoch only if stateful, with the same
+``num_workers`` and ``in_order=True`` (else a clear error).
 Workers' CUDA generators are not saved. Up to ``num_workers - 1`` batches are read again on resume. A loop that
 leaves every epoch early on purpose (a batch limit) and saves after leaving resumes inside the left epoch; put the
 limit in the sampler (``RandomSampler(..., num_samples=limit * batch_size)``) so that epochs end by themselves.
@@ -54,7 +57,7 @@ from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
 from fabric_lite.errors import CheckpointError, ConfigurationError
 from fabric_lite.utilities.rng_state import capture_rng, draw_base_seed, loader_generators, restore_rng
-from fabric_lite.utilities.worker_rng import Tagged, WorkerStates, tracks_workers, wrapped_for_pool
+from fabric_lite.utilities.worker_rng import Tagged, WorkerStates, stateful_stream, tracks_workers, wrapped_for_pool
 
 FORMAT = 1
 #: Keys of the entry ``fabric.save`` writes for a loader: one state per rank.
@@ -279,8 +282,9 @@ class LoaderProgress:
             "pool_fresh": self.pool_fresh,
             "persistent": _persistent(dataloader),
             "rng": capture_rng(dataloader),
+            "num_workers": dataloader.num_workers,
             "worker_states": self._worker_states(dataloader),
-            "dataset": _dataset_state(dataloader),
+            "dataset": dataset_state(dataloader),
         }
 
     def _worker_states(self, dataloader: DataLoader) -> list[Any] | None:
@@ -309,13 +313,14 @@ class LoaderProgress:
         in_progress = not state["finished"] and state["epochs_started"] > 0
         dataset = dataloader.dataset
         if in_progress and state["position"] > 0 and isinstance(dataset, IterableDataset):
-            if state.get("dataset") is None or _dataset_state(dataloader, load=True) is None:
+            if not _stream_resumable(state, dataloader):
                 raise ConfigurationError(
                     f"The checkpoint stopped an IterableDataset loader after {state['position']} batches; it can "
-                    f"continue there only if the dataset has state_dict() and load_state_dict() (its position) and the "
-                    f"loader has num_workers=0 (each worker's copy has a position of its own), in the run that saved "
-                    f"and in this one ({type(dataset).__name__}, num_workers={dataloader.num_workers}). Fix: add the "
-                    f"two methods and use num_workers=0, save at the end of an epoch, or use a map-style Dataset."
+                    f"continue there only if the dataset has state_dict() and load_state_dict() (its position; with "
+                    f"workers, each worker's copy has its own) and the loader keeps the num_workers of the run that "
+                    f"saved ({state.get('num_workers')}) and in_order=True; here: {type(dataset).__name__}, "
+                    f"num_workers={dataloader.num_workers}. Fix: add the two methods and keep num_workers, save at the "
+                    f"end of an epoch, or use a map-style Dataset."
                 )
         rng = state["rng"]
         if len(rng.get("generators", [])) != len(loader_generators(dataloader)):
@@ -325,7 +330,7 @@ class LoaderProgress:
                 f"that saved it (the same generator= arguments)."
             )
         restore_rng(rng, dataloader)
-        if in_progress and state["position"] > 0 and isinstance(dataset, IterableDataset):
+        if in_progress and state["position"] > 0 and state.get("dataset") is not None:
             dataset.load_state_dict(state["dataset"])  # type: ignore[attr-defined]  # its next iter continues
         self.epochs_started = int(state["epochs_started"])
         self.position = int(state["position"])
@@ -360,14 +365,20 @@ def _persistent(dataloader: DataLoader) -> bool:
     return dataloader.num_workers > 0 and bool(dataloader.persistent_workers)
 
 
-def _dataset_state(dataloader: DataLoader, *, load: bool = False) -> Any:
-    """An IterableDataset's own state (``state_dict()``) where it is the loader's position: no worker processes."""
-    dataset = dataloader.dataset
-    if not isinstance(dataset, IterableDataset) or dataloader.num_workers > 0:
+def dataset_state(dataloader: DataLoader) -> Any:
+    """A stateful IterableDataset's ``state_dict()`` where it is the loader's position: without worker processes."""
+    if dataloader.num_workers > 0 or not stateful_stream(dataloader.dataset):
         return None
-    if not callable(getattr(dataset, "state_dict", None)) or not callable(getattr(dataset, "load_state_dict", None)):
-        return None
-    return True if load else dataset.state_dict()
+    return dataloader.dataset.state_dict()  # type: ignore[attr-defined]
+
+
+def _stream_resumable(state: Mapping[str, Any], dataloader: DataLoader) -> bool:
+    """Whether a checkpoint stopped in the middle of an IterableDataset can continue with ``dataloader``."""
+    if not stateful_stream(dataloader.dataset) or state.get("num_workers") != dataloader.num_workers:
+        return False
+    if dataloader.num_workers == 0:
+        return state.get("dataset") is not None
+    return tracks_workers(dataloader) and state.get("worker_states") is not None
 
 
 def _known_length(dataloader: DataLoader) -> int | None:

@@ -1,10 +1,10 @@
-"""Random state of DataLoader worker processes: sent along with each batch, put back in the workers of a resumed epoch.
+"""State of DataLoader worker processes: sent along with each batch, put back in the workers of a resumed epoch.
 
 While a set-up loader with ``num_workers > 0`` makes its worker pool, its ``collate_fn`` and ``worker_init_fn``
 are wrapped (see :func:`wrapped_for_pool`): each worker sends, with every batch, its Python / NumPy / torch random
-state right after making that batch; ``LoaderProgress`` keeps the last two per worker. On resume the init
-function of each new worker puts back the state its namesake had before its next batch, after torch's seeding
-and the user's own ``worker_init_fn`` ran.
+state right after making that batch (and its copy's ``state_dict()`` for a stateful IterableDataset);
+``LoaderProgress`` keeps the last two per worker. On resume the init function of each new worker puts back what
+its namesake had before its next batch, after torch's seeding and the user's own ``worker_init_fn`` ran.
 """
 
 from __future__ import annotations
@@ -22,15 +22,21 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 class Tagged:
     """A batch made in a worker, with the worker's id and its random state right after making it."""
 
-    __slots__ = ("batch", "worker", "state")
+    __slots__ = ("batch", "worker", "state", "dataset")
 
-    def __init__(self, batch: Any, worker: int, state: dict[str, Any]) -> None:
-        self.batch, self.worker, self.state = batch, worker, state
+    def __init__(self, batch: Any, worker: int, state: dict[str, Any] | None, dataset: Any = None) -> None:
+        self.batch, self.worker, self.state, self.dataset = batch, worker, state, dataset
 
     def pin_memory(self) -> Tagged:  # torch's pin-memory thread calls this on objects it does not know
         from torch.utils.data._utils.pin_memory import pin_memory
 
-        return Tagged(pin_memory(self.batch), self.worker, self.state)
+        return Tagged(pin_memory(self.batch), self.worker, self.state, self.dataset)
+
+
+def stateful_stream(dataset: Any) -> bool:
+    """Whether ``dataset`` is an IterableDataset that can say and restore where it is (torchdata's Stateful protocol)."""
+    return isinstance(dataset, IterableDataset) and all(
+        callable(getattr(dataset, name, None)) for name in ("state_dict", "load_state_dict"))
 
 
 def _compact_state() -> dict[str, Any]:
@@ -85,7 +91,8 @@ class CollateWithState:
         state = _compact_state()
         unchanged = state == self.last
         self.last = state
-        return Tagged(batch, info.id, None if unchanged else state)
+        dataset = info.dataset.state_dict() if stateful_stream(info.dataset) else None  # type: ignore[attr-defined]
+        return Tagged(batch, info.id, None if unchanged else state, dataset)
 
 
 class InitWithState:
@@ -98,19 +105,20 @@ class InitWithState:
     def __call__(self, worker_id: int) -> None:
         if self.init_fn is not None:
             self.init_fn(worker_id)
-        if self.states is not None and worker_id < len(self.states) and self.states[worker_id] is not None:
+        state = self.states[worker_id] if self.states is not None and worker_id < len(self.states) else None
+        if state is None:
+            return
+        if "python" in state:
             from fabric_lite.utilities.rng_state import restore_rng
 
-            restore_rng(self.states[worker_id], generators=False)
+            restore_rng(state, generators=False)
+        if state.get("dataset") is not None:
+            get_worker_info().dataset.load_state_dict(state["dataset"])  # type: ignore[union-attr]
 
 
 def tracks_workers(dataloader: DataLoader) -> bool:
     """Whether the worker states of ``dataloader`` are followed: worker processes that hand out batches in turn."""
-    return (
-        dataloader.num_workers > 0
-        and not isinstance(dataloader.dataset, IterableDataset)
-        and getattr(dataloader, "in_order", True)
-    )
+    return dataloader.num_workers > 0 and getattr(dataloader, "in_order", True)
 
 
 @contextmanager
@@ -133,20 +141,19 @@ class WorkerStates:
     """The last two states each worker of the pool in use sent, with the (epoch, batch index) they followed."""
 
     def __init__(self) -> None:
-        self.history: dict[int, list[tuple[int, int, dict[str, Any]]]] = {}
+        # worker id -> [(epoch, batch index, random state or None: as seeded, dataset state or None)]
+        self.history: dict[int, list[tuple[int, int, dict[str, Any] | None, Any]]] = {}
 
     def reset(self, epoch: int = 0, states: list[Any] | None = None) -> None:
         """A new pool: nothing sent yet; workers started from ``states`` count as having sent them before any batch."""
-        self.history = {o: [(epoch, -1, s)] for o, s in enumerate(states or []) if s is not None}
+        self.history = {o: [(epoch, -1, s, s.get("dataset"))] for o, s in enumerate(states or []) if s is not None}
 
     def record(self, epoch: int, index: int, tagged: Tagged) -> None:
         entries = self.history.setdefault(tagged.worker, [])
         state = tagged.state
         if state is None:  # unchanged since the worker's previous batch
-            if not entries:
-                return  # not yet drawn from since the worker started: a resume seeds it the same way
-            state = entries[-1][2]
-        entries.append((epoch, index, state))
+            state = entries[-1][2] if entries else None
+        entries.append((epoch, index, state, tagged.dataset))
         del entries[:-2]
 
     def before(self, epoch: int, cut: int | None, num_workers: int) -> list[Any]:
@@ -154,9 +161,17 @@ class WorkerStates:
         found: list[Any] = []
         for worker in range(num_workers):
             state = None
-            for entry_epoch, index, value in reversed(self.history.get(worker, [])):
+            for entry_epoch, index, value, dataset in reversed(self.history.get(worker, [])):
                 if cut is None or entry_epoch < epoch or index < cut:
-                    state = value if isinstance(value.get("torch"), torch.Tensor) else portable_state(value)
+                    if value is None:
+                        state = {}
+                    elif isinstance(value.get("torch"), torch.Tensor):  # as restored: already portable
+                        state = {key: item for key, item in value.items() if key != "dataset"}
+                    else:
+                        state = portable_state(value)
+                    if dataset is not None:
+                        state["dataset"] = dataset
+                    state = state or None
                     break
             found.append(state)
         return found

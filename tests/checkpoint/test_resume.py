@@ -192,9 +192,9 @@ def test_iterable_dataset_without_state_cannot_resume_mid_epoch_but_can_at_its_e
     other = fabric.setup_dataloaders(DataLoader(Stream(), batch_size=2))
     with pytest.raises(ConfigurationError, match=re.escape(
         "The checkpoint stopped an IterableDataset loader after 1 batches; it can continue there only if the dataset "
-        "has state_dict() and load_state_dict() (its position) and the loader has num_workers=0 (each worker's copy "
-        "has a position of its own), in the run that saved and in this one (Stream, num_workers=0). Fix: add the two "
-        "methods and use num_workers=0, save at the end of an epoch, or use a map-style Dataset.")):
+        "has state_dict() and load_state_dict() (its position; with workers, each worker's copy has its own) and the "
+        "loader keeps the num_workers of the run that saved (0) and in_order=True; here: Stream, num_workers=0. Fix: "
+        "add the two methods and keep num_workers, save at the end of an epoch, or use a map-style Dataset.")):
         other.load_state_dict(mid_epoch)
     other.load_state_dict(at_end)
     assert [b.tolist() for b in other] == [[0, 1], [2, 3], [4, 5]]
@@ -217,7 +217,7 @@ class StatefulStream(Stream):
         self.offset = state["offset"]
 
 
-def test_stateful_iterable_dataset_resumes_mid_epoch_only_without_workers():
+def test_stateful_iterable_dataset_resumes_mid_epoch_with_the_same_num_workers():
     fabric = Fabric(accelerator="cpu")
     loader = fabric.setup_dataloaders(DataLoader(StatefulStream(), batch_size=2))
     for _ in loader:
@@ -228,8 +228,8 @@ def test_stateful_iterable_dataset_resumes_mid_epoch_only_without_workers():
     assert [b.tolist() for b in other] == [[2, 3], [4, 5]]
     with_workers = fabric.setup_dataloaders(DataLoader(StatefulStream(), batch_size=2, num_workers=1))
     with pytest.raises(ConfigurationError, match=re.escape(
-        "in the run that saved and in this one (StatefulStream, num_workers=1). Fix: add the two methods and use "
-        "num_workers=0")):
+        "and the loader keeps the num_workers of the run that saved (0) and in_order=True; here: StatefulStream, "
+        "num_workers=1. Fix: add the two methods and keep num_workers")):
         with_workers.load_state_dict(state)
 
 
@@ -261,7 +261,8 @@ def test_generators_of_the_loader_and_sampler_are_restored(tmp_path):
 # ------------------------------------------------------------------- a job that leaves its loop, then saves
 LEAVE_EARLY = str(Path(__file__).parent / "_scripts" / "leave_early.py")
 LEFT_LOOPS = {  # strategy: (command-line arguments, ranks, cases: <how>-w<num_workers>[-p], see the script)
-    "single": ([], 1, ["break-w0", "end-w0", "return-w0", "stream-w0", "break-w3", "end-w2-p", "return-w2-p"]),
+    "single": ([], 1, ["break-w0", "end-w0", "return-w0", "stream-w0", "break-w3", "end-w2-p", "return-w2-p",
+                       "stream-w2"]),
     "ddp": (["--strategy", "ddp", "--devices", "2"], 2, ["break-w0", "end-w0", "return-w0", "break-w2"]),
 }
 

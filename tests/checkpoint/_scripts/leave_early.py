@@ -16,7 +16,7 @@ A CASE is ``<how>-w<workers>[-p]``: how is one of
               of an epoch (K = 2 epochs), before the epoch counter is advanced
     return    ``return`` from a function that runs the loop (K in the middle of an epoch)
     stream    like break, over an IterableDataset that has state_dict / load_state_dict (an offset and its own
-              torch.Generator)
+              torch.Generator; with workers each worker's copy reads every num_workers-th item)
 
 w<workers> is num_workers; -p makes them persistent. The map-style dataset draws from the global torch, Python and
 NumPy generators in __getitem__: in the main process with w0, inside the worker processes otherwise.
@@ -52,33 +52,40 @@ class Noisy(Dataset):
 
 
 class Stream(IterableDataset):
-    """Passes over SAMPLES items, each shuffled by the dataset's own generator; it knows its position in a pass."""
+    """Passes over SAMPLES items, each shuffled by the dataset's own generator; it knows its position in a pass.
+
+    As torchdata's Stateful datasets: after load_state_dict the next __iter__ continues that pass (nothing is left
+    if it had ended), any other __iter__ starts a new pass.
+    """
 
     def __init__(self):
         g = torch.Generator().manual_seed(0)
         self.x, self.y = torch.randn(SAMPLES, 3, generator=g), torch.randn(SAMPLES, 1, generator=g)
         self.generator = torch.Generator().manual_seed(7)
-        self.offset = 0  # items handed out of the current pass
+        self.offset = 0  # positions of the current pass already read
         self.pass_state = self.generator.get_state()
+        self.resumed = False
 
     def __iter__(self):
-        if self.offset == 0:  # a new pass: its order comes from the dataset's own generator
-            self.pass_state = self.generator.get_state()
+        if not self.resumed:  # a new pass: its order comes from the dataset's own generator
+            self.offset, self.pass_state = 0, self.generator.get_state()
             order = torch.randperm(SAMPLES, generator=self.generator).tolist()
-        else:  # continue the pass that load_state_dict put back
+        else:  # the pass that load_state_dict put back
             order = torch.randperm(SAMPLES, generator=torch.Generator().set_state(self.pass_state)).tolist()
+        self.resumed = False
+        info = torch.utils.data.get_worker_info()  # with workers, each one's copy reads its share of the pass
         while self.offset < SAMPLES:
-            i = order[self.offset]
+            position = self.offset
             self.offset += 1
-            yield self.x[i] + 0.01 * torch.rand(3), self.y[i], i
-        self.offset = 0
+            if info is None or position % info.num_workers == info.id:
+                i = order[position]
+                yield self.x[i] + 0.01 * torch.rand(3), self.y[i], i
 
     def state_dict(self):
         return {"offset": self.offset, "pass_state": self.pass_state, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state):
-        self.offset = state["offset"]
-        self.pass_state = state["pass_state"]
+        self.offset, self.pass_state, self.resumed = state["offset"], state["pass_state"], True
         self.generator.set_state(state["generator"])
 
 
