@@ -4,7 +4,8 @@ A ZeRO (stage 1-3) folder holds the optimizer state cut into as many shards as r
 another number of ranks the engine can only read it after DeepSpeed's own conversion
 (``deepspeed.checkpoint.ds_to_universal``), which writes every parameter's fp32 weights and Adam
 moments whole. The conversion is written once, into ``<folder>/universal`` (complete when renamed into
-place, with its marker), so it goes away with the checkpoint it was made from.
+place, with its marker), so it goes away with the checkpoint it was made from. A model set up without
+optimizer needs no conversion: its whole weights are merged by DeepSpeed's ``zero_to_fp32``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def check_reshardable(tag_folder: Path, *, asked: str, saved: int, now: int) -> 
     optim = _load(min(tag_folder.glob("*optim_states.pt")))[OPTIMIZER_STATE_DICT]
     base = optim.get(BASE_OPTIMIZER_STATE) or optim.get(OPTIMIZER_STATE_DICT) or {}  # stage 1-2, stage 3
     keys = sorted({key for group in base.get("state", {}).values() for key in group} - {"step"})
-    if keys and set(keys) <= _RESHARDABLE:
+    if set(keys) == _RESHARDABLE:
         return
     why = (
         f"its optimizer state holds {', '.join(repr(k) for k in keys)}, and DeepSpeed's universal checkpoint "
@@ -68,7 +69,7 @@ def check_reshardable(tag_folder: Path, *, asked: str, saved: int, now: int) -> 
     raise CheckpointError(
         f"{asked} cannot load a ZeRO checkpoint saved at world size {saved} at world size {now}: {why}. Fix: load it "
         f"at world size {saved}; or, to start with a fresh optimizer, make one file with "
-        f"consolidate_deepspeed_checkpoint(folder, 'weights.ckpt') and load its weights into the model before "
+        f"consolidate_deepspeed_checkpoint({str(tag_folder.parent)!r}, 'weights.ckpt') and load its weights into the model before "
         f"fabric.setup (model.load_state_dict(torch.load('weights.ckpt')['model']))."
     )
 

@@ -566,6 +566,11 @@ class DeepSpeedStrategy(DDPStrategy):
 
         DeepSpeed's files are pickles that ``torch.load(weights_only=True)`` cannot read; with ``weights_only=True``
         rank 0 first checks every file against an allow-list of DeepSpeed's own types and refuses anything else.
+
+        At another data-parallel world size than the one saved, a ZeRO (stage 1-3) checkpoint is converted once
+        by DeepSpeed's ``ds_to_universal`` into ``<path>/universal`` and loaded from there: weights, Adam moments
+        and steps exactly; buffers and frozen parameters from the original files. A model set up without
+        optimizer loads the whole weights at any world size.
         """
         path = Path(self.broadcast(str(path)))
         source = str(path)
@@ -619,26 +624,30 @@ class DeepSpeedStrategy(DDPStrategy):
         return remainder
 
     def _universal_for(self, folder: Path, engine: DeepSpeedEngine, *, asked: str) -> Path | None:
-        """The universal form of a ZeRO checkpoint saved on another number of ranks (converted once, by rank 0);
-        None when the engine reads the folder as it is (same world size, or no ZeRO shards)."""
+        """The universal form of a ZeRO checkpoint saved at another data-parallel world size (converted once, by
+        rank 0); None when the engine reads the folder as it is (same world size, or no ZeRO shards)."""
         now = engine.seq_dp_world_size
-        layout = saved_layout(folder / TAG) if self.is_global_zero else None
-        saved, stage = self.broadcast(layout)
-        if saved == now or stage == 0 or not engine.zero_optimization():
-            return None  # stage 0 keeps the whole optimizer in rank 0's file, which any world size reads
-        failure: Exception | None = None
+
+        def decide() -> bool:
+            saved, stage = saved_layout(folder / TAG)
+            if saved == now or stage == 0 or not engine.zero_optimization():
+                return False  # stage 0 keeps the whole optimizer in rank 0's file, which any world size reads
+            check_reshardable(folder / TAG, asked=asked, saved=saved, now=now)
+            universal_folder(folder, TAG)
+            return True
+
+        needed, failure = False, None
         if self.is_global_zero:
             try:
-                check_reshardable(folder / TAG, asked=asked, saved=saved, now=now)
-                universal_folder(folder, TAG)
-            except Exception as raised:  # noqa: BLE001 - re-raised below, after the other ranks are told
+                needed = decide()
+            except Exception as raised:  # noqa: BLE001 - raised again below, once the other ranks are told
                 failure = raised
-        error = self.broadcast(None if failure is None else str(failure))  # no rank is left waiting in a collective
+        needed, error = self.broadcast((needed, None if failure is None else str(failure)))
         if failure is not None:
             raise failure
-        if error is not None:
+        if error is not None:  # the same error as rank 0, instead of waiting in the next collective
             raise CheckpointError(error)
-        return folder / UNIVERSAL
+        return folder / UNIVERSAL if needed else None
 
     def _engine_in_state(self, state: Mapping[str, Any], *, asked: str) -> tuple[DeepSpeedEngine, str, str | None]:
         """The one engine in ``state``, its key, and the key of its optimizer (None when absent)."""

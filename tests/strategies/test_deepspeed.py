@@ -523,22 +523,30 @@ def test_conversion_is_made_once_inside_the_checkpoint_folder(reshaped):
 
 def test_optimizer_state_that_cannot_be_resharded_is_refused(reshaped):
     out, results = reshaped
-    fix = (
-        "Fix: load it at world size 2; or, to start with a fresh optimizer, make one file with "
-        "consolidate_deepspeed_checkpoint(folder, 'weights.ckpt') and load its weights into the model before "
-        "fabric.setup (model.load_state_dict(torch.load('weights.ckpt')['model']))."
-    )
+    def fix(folder, saved=2):
+        return (
+            f"Fix: load it at world size {saved}; or, to start with a fresh optimizer, make one file with "
+            f"consolidate_deepspeed_checkpoint({str(folder)!r}, 'weights.ckpt') and load its weights into the model "
+            f"before fabric.setup (model.load_state_dict(torch.load('weights.ckpt')['model']))."
+        )
+
     sgd = results["load1"][0]["stage2"]
     assert sgd["refused"] == (
         f"CheckpointError: fabric.load({str(out / 'sgd')!r}) cannot load a ZeRO checkpoint saved at world size 2 at "
         f"world size 1: its optimizer state holds 'momentum_buffer', and DeepSpeed's universal checkpoint reshards "
-        f"only Adam-style state ('exp_avg', 'exp_avg_sq'). {fix}"
+        f"only Adam-style state ('exp_avg', 'exp_avg_sq'). {fix(out / 'sgd')}"
     )
     nostep = results["load1"][0]["stage3"]
     assert nostep["refused"] == (
         f"CheckpointError: fabric.load({str(out / 'nostep')!r}) cannot load a ZeRO checkpoint saved at world size 2 "
         f"at world size 1: it holds no optimizer state yet (it was saved before the first optimizer step), which "
-        f"DeepSpeed's universal checkpoint conversion needs. {fix}"
+        f"DeepSpeed's universal checkpoint conversion needs. {fix(out / 'nostep')}"
+    )
+    on_two_ranks = [r["stage2"]["refused"] for r in results["load2"]]  # both ranks raise rank 0's error
+    assert on_two_ranks[0] == on_two_ranks[1] == (
+        f"CheckpointError: fabric.load({str(out / 'sgd1')!r}) cannot load a ZeRO checkpoint saved at world size 1 at "
+        f"world size 2: its optimizer state holds 'momentum_buffer', and DeepSpeed's universal checkpoint reshards "
+        f"only Adam-style state ('exp_avg', 'exp_avg_sq'). " + fix(out / "sgd1", saved=1)
     )
     for refused in (sgd, nostep):  # refused before anything was loaded or written
         assert refused["untouched_after_refusal"] is True

@@ -142,6 +142,9 @@ def main():
                 result["inference"] = whole_weights(inference)
         result["continued"] = continued(model, optimizer, slice(8, 16))
         if args.phase == "load2":
+            if name == "stage2":  # every rank raises rank 0's refusal (none waits in a collective)
+                sgd1 = os.path.join(out, "sgd1")
+                result["refused"] = error_of(lambda: fabric.load(sgd1, {"model": model, "optimizer": optimizer}))
             continue
         # What the next phase loads, taken after a few more steps at this world size.
         result["losses_after"] = [step(model, optimizer, slice(0, 8)) for _ in range(2)]
@@ -153,11 +156,11 @@ def main():
         fabric.save(ckpt, {"model": model, "optimizer": optimizer, "step": 10 * (index + 1), "extra": {"world": world}})
         result["continued_after_save"] = continued(model, optimizer, slice(8, 16))
 
-        if args.phase == "save2" and name == "stage2":  # SGD with momentum: state the universal checkpoint cannot reshard
+        if args.phase in ("save2", "load1") and name == "stage2":  # SGD momentum: state ds_to_universal cannot reshard
             plain = make_model(2, precision)
             sgd_model, sgd = fabric.setup(plain, torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9))
             step(sgd_model, sgd, slice(0, 8))
-            fabric.save(os.path.join(out, "sgd"), {"model": sgd_model, "optimizer": sgd})
+            fabric.save(os.path.join(out, "sgd" if args.phase == "save2" else "sgd1"), {"model": sgd_model, "optimizer": sgd})
         if args.phase == "load1" and name in ("stage2", "stage3"):
             before = snapshot(fabric, model, optimizer)
             source = os.path.join(out, "sgd" if name == "stage2" else "nostep")
