@@ -207,8 +207,9 @@ class FabricDataLoader:
     """Iterates the user's dataloader and moves each batch to the device; other attributes pass through.
 
     It is stateful: ``state_dict()`` records the epoch, the batches handed out and the random state, and
-    after ``load_state_dict`` the next ``iter(loader)`` continues that epoch exactly (see
-    ``fabric_lite.utilities.resume``). Put it in the state of ``fabric.save`` / ``fabric.load``.
+    after ``load_state_dict`` the next ``iter(loader)`` continues that epoch exactly, also when the loop had
+    been left with ``break`` or ``return`` before the save (see ``fabric_lite.utilities.resume``). Put it in
+    the state of ``fabric.save`` / ``fabric.load``.
     """
 
     def __init__(self, dataloader: DataLoader, device: torch.device | None = None, *, rank: int = 0, world_size: int = 1) -> None:

@@ -3,8 +3,9 @@
 A loader's state (``loader.state_dict()``) holds, for one rank: the epochs started, the batches handed out in
 the epoch in progress, the random state at the start of that epoch, the process's random state now (Python,
 NumPy, torch, CUDA, the loader's and sampler's generators), each worker process's random state (Python, NumPy,
-torch) before its next batch, and a stateful IterableDataset's own ``state_dict()`` (each worker's copy's). ``fabric.save`` gathers it
-from every rank into one entry (``{"world_size": W, "ranks": [...]}``); on ``fabric.load`` each rank takes its own.
+torch) before its next batch, and a stateful IterableDataset's own ``state_dict()`` (each worker's copy's).
+``fabric.save`` gathers it from every rank into one entry (``{"world_size": W, "ranks": [...]}``); on
+``fabric.load`` each rank takes its own.
 
 Guarantee: the next ``iter(loader)`` after ``fabric.load`` continues the epoch that was in progress when
 ``fabric.save`` ran, and the run is bit for bit the one that never stopped (same batches in the same order and

@@ -34,7 +34,7 @@ class Tagged:
 
 
 def stateful_stream(dataset: Any) -> bool:
-    """Whether ``dataset`` is an IterableDataset that can say and restore where it is (torchdata's Stateful protocol)."""
+    """Whether ``dataset`` is an IterableDataset that can say and restore where it is (torchdata's Stateful)."""
     return isinstance(dataset, IterableDataset) and all(
         callable(getattr(dataset, name, None)) for name in ("state_dict", "load_state_dict"))
 
