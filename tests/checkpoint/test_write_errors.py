@@ -98,3 +98,22 @@ def test_a_folder_this_user_may_not_write_says_so():
         assert os.listdir(locked) == ["last.ckpt"] and torch.load(locked / "last.ckpt")["step"] == 1
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_probe_finds_the_full_disk_behind_an_error_that_hides_it(small_disk):
+    """torch's writer may report only 'unexpected pos'; the probe write to the same (temporary) file names ENOSPC."""
+    import errno
+
+    from fabric_lite.checkpoint.disk import probe
+
+    with open(small_disk / "filler", "wb") as filler:
+        with pytest.raises(OSError):
+            while True:
+                filler.write(bytes(1 << 16))
+                filler.flush()
+    with open(small_disk / "probe", "wb") as handle:
+        found = probe(handle)
+    assert found is not None and found.errno == errno.ENOSPC
+    (small_disk / "filler").unlink()
+    with open(small_disk / "probe", "wb") as handle:
+        assert probe(handle) is None  # room again: nothing to blame on the disk
