@@ -69,8 +69,8 @@ def check_reshardable(tag_folder: Path, *, asked: str, saved: int, now: int) -> 
     raise CheckpointError(
         f"{asked} cannot load a ZeRO checkpoint saved at world size {saved} at world size {now}: {why}. Fix: load it "
         f"at world size {saved}; or, to start with a fresh optimizer, make one file with "
-        f"consolidate_deepspeed_checkpoint({str(tag_folder.parent)!r}, 'weights.ckpt') and load its weights into the model before "
-        f"fabric.setup (model.load_state_dict(torch.load('weights.ckpt')['model']))."
+        f"consolidate_deepspeed_checkpoint({str(tag_folder.parent)!r}, 'weights.ckpt') and load its weights into "
+        f"the model before fabric.setup (model.load_state_dict(torch.load('weights.ckpt')['model']))."
     )
 
 
@@ -175,6 +175,7 @@ def load_whole_weights(engine: DeepSpeedEngine, folder: Path, tag: str, *, stric
     weights = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag) if sharded else states["module"]
     params = list(engine.module.parameters())
     # Stage 3: every rank writes the gathered parameters, and rank 0's are partitioned again on exit.
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=0, enabled=bool(params) and hasattr(params[0], "ds_id")):
+    partitioned = bool(params) and hasattr(params[0], "ds_id")
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0, enabled=partitioned):
         engine.module.load_state_dict(weights, strict=strict)
     return {key: value for key, value in states.items() if key not in _ENGINE_KEYS}

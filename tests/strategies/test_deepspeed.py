@@ -492,7 +492,8 @@ def test_zero_checkpoint_loads_at_another_world_size_bit_for_bit(reshaped, stage
     assert on_1["loaded"].keys() == saved_on_2.keys()
     for key in saved_on_2:
         assert on_1["loaded"][key] == saved_on_2[key], key
-    assert on_1["loaded_step"] == {"stage2": 10, "stage3": 20, "stage2-bf16": 30, "stage3-bf16": 40}[stage] and on_1["remainder"] == {"extra": {"world": 2}}
+    assert on_1["loaded_step"] == {"stage2": 10, "stage3": 20, "stage2-bf16": 30, "stage3-bf16": 40}[stage]
+    assert on_1["remainder"] == {"extra": {"world": 2}}
     # 1 -> 2: every rank holds the whole of what the single rank saved
     for rank_result in results["load2"]:
         assert rank_result[stage]["loaded"] == on_1["saved"]
@@ -550,7 +551,9 @@ def test_optimizer_state_that_cannot_be_resharded_is_refused(reshaped):
     )
     for refused in (sgd, nostep):  # refused before anything was loaded or written
         assert refused["untouched_after_refusal"] is True
-        assert refused["refused_left_nothing"] == ["COMPLETE", "checkpoint", "latest", "zero_to_fp32.py", "zero_to_torch.py"]
+        assert refused["refused_left_nothing"] == [
+            "COMPLETE", "checkpoint", "latest", "zero_to_fp32.py", "zero_to_torch.py"
+        ]
 
 
 @pytest.mark.parametrize("stage", ["stage2", "stage3"])

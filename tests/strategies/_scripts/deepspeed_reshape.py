@@ -1,10 +1,12 @@
 """Run by tests/strategies/test_deepspeed.py: ``python deepspeed_reshape.py OUT PHASE`` with PHASE
 ``save2`` (2 ranks), ``load1`` (1 rank) or ``load2`` (2 ranks), one after the other on the same OUT.
 
-For ZeRO stages 2 and 3 in fp32 and bf16-mixed (one Fabric each, in one process): ``save2`` trains on 2 ranks and saves; ``load1``
-loads that on 1 rank, takes the same next step, trains on and saves; ``load2`` loads that on 2 ranks and
-takes the same next step. Each phase records in ``OUT/{phase}-rank{R}.json`` the full fp32 weights, Adam
-moments and steps, buffers and the error messages, for the test to compare across phases.
+For ZeRO stages 2 and 3 in fp32 and bf16-mixed (one Fabric each, in one process): ``save2`` trains on 2
+ranks and saves; ``load1`` loads that on 1 rank, takes the same next step, trains on and saves; ``load2``
+loads that on 2 ranks and takes the same next step. Models set up without optimizer load the same folders,
+and checkpoints that cannot be resharded (SGD momentum, Adam before its first step) are refused. Each phase
+records in ``OUT/{phase}-rank{R}.json`` the full fp32 weights, Adam moments and steps, buffers, frozen
+parameters and the error messages, for the test to compare across phases.
 """
 
 import argparse
@@ -18,7 +20,9 @@ from fabric_lite import Fabric
 from fabric_lite.strategies.deepspeed import DeepSpeedStrategy
 
 #: name -> (ZeRO stage, precision); one Fabric each, in one process
-SCENARIOS = {"stage2": (2, "32-true"), "stage3": (3, "32-true"), "stage2-bf16": (2, "bf16-mixed"), "stage3-bf16": (3, "bf16-mixed")}
+SCENARIOS = {
+    "stage2": (2, "32-true"), "stage3": (3, "32-true"), "stage2-bf16": (2, "bf16-mixed"), "stage3-bf16": (3, "bf16-mixed"),
+}
 
 
 def make_model(seed, precision):
@@ -160,7 +164,8 @@ def main():
             plain = make_model(2, precision)
             sgd_model, sgd = fabric.setup(plain, torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9))
             step(sgd_model, sgd, slice(0, 8))
-            fabric.save(os.path.join(out, "sgd" if args.phase == "save2" else "sgd1"), {"model": sgd_model, "optimizer": sgd})
+            sgd_folder = os.path.join(out, "sgd" if args.phase == "save2" else "sgd1")
+            fabric.save(sgd_folder, {"model": sgd_model, "optimizer": sgd})
         if args.phase == "load1" and name in ("stage2", "stage3"):
             before = snapshot(fabric, model, optimizer)
             source = os.path.join(out, "sgd" if name == "stage2" else "nostep")
