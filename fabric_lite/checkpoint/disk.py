@@ -1,4 +1,4 @@
-"""Plain words for a checkpoint that cannot be written: the disk is full, the file system read-only, no permission, a quota.
+"""Plain words for a checkpoint that cannot be written: a full disk, a read-only file system, no permission, a quota.
 
 torch.save hides the operating system's error behind its own (``unexpected pos 896 vs 790``); the
 ``OSError`` is found again in the exception's chain or, failing that, by a probe write to the same file.
@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from pathlib import Path
 from typing import IO
 
 from fabric_lite.errors import CheckpointError
 
+_NO_PERMISSION = "save to a folder you may write to, or change the permissions of {folder}"
 #: errno -> (what happened, the fix)
 _PLAIN = {
     errno.ENOSPC: ("the disk is full", "free space on the disk of {folder} or save elsewhere"),
     errno.EDQUOT: ("your disk quota is used up", "free space within your quota or save elsewhere"),
     errno.EROFS: ("the file system is read-only", "save to a writable folder ({folder} is on a read-only mount)"),
-    errno.EACCES: ("this user may not write there", "save to a folder you may write to, or change the permissions of {folder}"),
-    errno.EPERM: ("this user may not write there", "save to a folder you may write to, or change the permissions of {folder}"),
+    errno.EACCES: ("this user may not write there", _NO_PERMISSION),
+    errno.EPERM: ("this user may not write there", _NO_PERMISSION),
 }
 
 
@@ -48,6 +50,32 @@ def probe(handle: IO[bytes]) -> OSError | None:
     return None
 
 
+def looks_like_a_failed_write(error: BaseException) -> bool:
+    """torch's writer reports a failed write as ``unexpected pos`` (file handle) or an iostream error (path)."""
+    text = str(error)
+    return isinstance(error, OSError) or "unexpected pos" in text or "iostream error" in text
+
+
+def probe_folder(folder: Path) -> OSError | None:
+    """The ``OSError`` that writing a small file into ``folder`` gets, if any (for errors that lost theirs).
+
+    Exceptions lose their chain when DCP gathers them from other ranks (pickling keeps no ``__context__``).
+    """
+    try:
+        fd, name = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        return error
+    try:
+        os.write(fd, bytes(1 << 16))
+        os.fsync(fd)
+    except OSError as error:
+        return error
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return None
+
+
 def write_error(path: str | Path, error: BaseException, *, asked: str, kept: str) -> CheckpointError | None:
     """A CheckpointError in plain words when ``error`` comes from a full, read-only or forbidden target, else ``None``.
 
@@ -60,4 +88,6 @@ def write_error(path: str | Path, error: BaseException, *, asked: str, kept: str
         return None
     what, fix = _PLAIN[found.errno]  # type: ignore[index]
     folder = repr(str(Path(path).parent))
-    return CheckpointError(f"{asked} could not write {str(path)!r}: {what} ({found.strerror}). {kept} Fix: {fix.format(folder=folder)}.")
+    return CheckpointError(
+        f"{asked} could not write {str(path)!r}: {what} ({found.strerror}). {kept} Fix: {fix.format(folder=folder)}."
+    )

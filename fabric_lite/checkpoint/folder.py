@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fabric_lite.checkpoint.disk import write_error
+from fabric_lite.checkpoint.disk import looks_like_a_failed_write, probe_folder, write_error
 from fabric_lite.checkpoint.integrity import file_checksum, folder_problems, format_checksums, parse_checksums
 from fabric_lite.errors import CheckpointError, FabricLiteError
 
@@ -51,7 +51,8 @@ def on_every_rank(fn: Callable[[], _T], *, asked: str, path: Path, world_size: i
             raise failure
         rank, message = failed[0]
         if world_size > 1 and not message.endswith("]"):
-            message = message.rstrip(".") + f". [failed on rank {rank}{f' and {len(failed) - 1} more' if len(failed) > 1 else ''}]"
+            more = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
+            message = message.rstrip(".") + f". [failed on rank {rank}{more}]"
         raise CheckpointError(message) from failure
     return [value for value, _ in outcomes] if gather else result
 
@@ -71,6 +72,9 @@ def describe(error: BaseException, *, asked: str, path: Path) -> str:
     if isinstance(error, CheckpointError):
         return str(error)
     mapped = write_error(path, error, asked=asked, kept=KEPT)
+    if mapped is None and looks_like_a_failed_write(error):  # its OSError may be lost: ask the disk itself
+        probed = probe_folder(path.parent) if path.parent.is_dir() else None
+        mapped = write_error(path, probed, asked=asked, kept=KEPT) if probed is not None else None
     if mapped is not None:
         return str(mapped)
     return (f"{asked} failed: {type(error).__name__}: {_first_sentence(error)}. Nothing was written at that path (a "

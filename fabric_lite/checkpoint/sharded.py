@@ -5,10 +5,12 @@ A sharded checkpoint is ONE folder at the user's path::
     ckpt/
       .metadata, __0_0.distcp, __1_0.distcp, ...   model and optimizer tensors, written by DCP from every rank
       meta.pt                                       plain values, stateful objects, fabric_lite metadata (rank 0)
-      COMPLETE                                      the marker, written last
+      COMPLETE                                      the marker, written last: size and CRC-32 of every file
 
 It is written into a temporary sibling folder and renamed into place by rank 0 after every rank has
-finished, so a folder at the path is always complete; a folder without the marker is refused on load.
+finished, so a folder at the path is always complete; a folder without the marker is refused on load,
+one whose files differ from the marker's checksums too (``folder`` holds this protocol). Strict loads
+compare keys and shapes with DCP's metadata first and word a mismatch as single-file loads do.
 Optimizer state inside the folder is keyed by parameter name (DCP's format); a consolidated or
 "full" single file uses torch's own index-keyed format, so it loads into a plain optimizer too.
 """

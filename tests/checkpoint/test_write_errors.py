@@ -105,6 +105,7 @@ def test_the_probe_finds_the_full_disk_behind_an_error_that_hides_it(small_disk)
     import errno
 
     from fabric_lite.checkpoint.disk import probe
+    from fabric_lite.checkpoint.folder import describe
 
     with open(small_disk / "filler", "wb") as filler:
         with pytest.raises(OSError):
@@ -114,6 +115,13 @@ def test_the_probe_finds_the_full_disk_behind_an_error_that_hides_it(small_disk)
     with open(small_disk / "probe", "wb") as handle:
         found = probe(handle)
     assert found is not None and found.errno == errno.ENOSPC
+    # what DCP hands over from another rank: torch's text only (pickling drops the OSError it came from)
+    hidden = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    path = small_disk / "ckpt"
+    assert describe(hidden, asked=f"fabric.save({str(path)!r})", path=path) == (
+        f"fabric.save({str(path)!r}) could not write {str(path)!r}: the disk is full (No space left on device). The "
+        f"checkpoint at that path (if any) is unchanged and the unfinished folder was removed. Fix: free space on the "
+        f"disk of {str(small_disk)!r} or save elsewhere.")
     (small_disk / "filler").unlink()
     with open(small_disk / "probe", "wb") as handle:
         assert probe(handle) is None  # room again: nothing to blame on the disk
