@@ -67,10 +67,9 @@ def check_reshardable(tag_folder: Path, *, asked: str, saved: int, now: int) -> 
         "universal checkpoint conversion needs"
     )
     raise CheckpointError(
-        f"{asked} cannot load a ZeRO checkpoint saved at world size {saved} at world size {now}: {why}. Fix: load it "
-        f"at world size {saved}; or, to start with a fresh optimizer, make one file with "
-        f"consolidate_deepspeed_checkpoint({str(tag_folder.parent)!r}, 'weights.ckpt') and load its weights into "
-        f"the model before fabric.setup (model.load_state_dict(torch.load('weights.ckpt')['model']))."
+        f"{asked} cannot load the optimizer state of a ZeRO checkpoint saved at world size {saved} at world size "
+        f"{now}: {why}. Fix: load it at world size {saved}; or leave the optimizer out of the state to load the "
+        f"weights alone (the optimizer keeps its own state): fabric.load(path, {{'model': model, ...}})."
     )
 
 
@@ -157,15 +156,20 @@ _ENGINE_KEYS = ("module", "optimizer", "lr_scheduler", "skipped_steps", "global_
                 "mp_world_size", "data_sampler", "random_ltd")
 
 
-def load_whole_weights(engine: DeepSpeedEngine, folder: Path, tag: str, *, strict: bool) -> dict[str, Any]:
-    """Load the whole weights and buffers of any checkpoint into an engine set up without optimizer (inference),
-    at any world size; returns the client state as DeepSpeed's own load does.
+def load_whole_weights(
+    engine: DeepSpeedEngine, folder: Path, tag: str, *, strict: bool, trained: bool
+) -> dict[str, Any]:
+    """Load the whole weights and buffers of any checkpoint into an engine, at any world size, leaving its
+    optimizer state as it is; returns the client state as DeepSpeed's own load does.
 
-    DeepSpeed's engine.load_checkpoint cannot: at stage 3 it ends by asking the parameter-offload "optimizer" of
-    such an engine to refresh fp32 copies it does not have. ZeRO shards are merged by DeepSpeed's ``zero_to_fp32``.
+    For engines set up without optimizer (inference), whose stage-3 load DeepSpeed's engine.load_checkpoint
+    cannot do at all (it asks their parameter-offload "optimizer" for fp32 copies it does not have), and for
+    weights-only loads at another world size. ZeRO shards are merged by DeepSpeed's ``zero_to_fp32``; a ``trained``
+    engine (one with an optimizer) gets its fp32 master weights set from the same full fp32 values.
     """
     import deepspeed
     from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT, ZERO_STAGE
+    from deepspeed.utils import safe_set_full_fp32_param
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tag_folder = folder / tag
@@ -178,4 +182,8 @@ def load_whole_weights(engine: DeepSpeedEngine, folder: Path, tag: str, *, stric
     partitioned = bool(params) and hasattr(params[0], "ds_id")
     with deepspeed.zero.GatheredParameters(params, modifier_rank=0, enabled=partitioned):
         engine.module.load_state_dict(weights, strict=strict)
+    if trained:  # a no-op for parameters that are their own masters (no ZeRO, fp32)
+        for name, param in engine.module.named_parameters():
+            if param.requires_grad and name in weights:
+                safe_set_full_fp32_param(param, weights[name].float())
     return {key: value for key, value in states.items() if key not in _ENGINE_KEYS}

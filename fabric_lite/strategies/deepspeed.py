@@ -597,17 +597,31 @@ class DeepSpeedStrategy(DDPStrategy):
                     f"fabric.load(path, state, weights_only=False)."
                 )
         engine, module_key, optimizer_key = self._engine_in_state(state, asked=f"fabric.load({source!r}, state)")
-        if id(engine) not in self._trained:  # set up for inference: weights only, from any stage and world size
-            load_path, client = str(folder), load_whole_weights(engine, folder, TAG, strict=strict)
-        else:
-            universal = self._universal_for(folder, engine, asked=f"fabric.load({source!r})")
-            with loading_universal(engine) if universal else contextlib.nullcontext():
+        trained = id(engine) in self._trained
+        saved, stage = self._decided_by_rank_zero(lambda: saved_layout(folder / TAG))
+        now = engine.seq_dp_world_size
+        elsewhere = saved != now and stage > 0  # ZeRO shards cut for another data-parallel world size
+        if not trained or (optimizer_key is None and elsewhere):
+            # Inference, or weights only at another world size: the whole weights, whatever the stage and world size.
+            load_path, client = str(folder), load_whole_weights(engine, folder, TAG, strict=strict, trained=trained)
+        elif elsewhere and engine.zero_optimization():
+            # The optimizer state too: DeepSpeed reshards it from its universal checkpoint, made once by rank 0.
+            self._decided_by_rank_zero(lambda: (
+                check_reshardable(folder / TAG, asked=f"fabric.load({source!r})", saved=saved, now=now),
+                universal_folder(folder, TAG),
+            ))
+            with loading_universal(engine):
                 load_path, client = engine.load_checkpoint(
-                    str(universal or folder), tag=TAG, load_module_strict=strict,
-                    load_optimizer_states=optimizer_key is not None, load_lr_scheduler_states=False,
+                    str(folder / UNIVERSAL), tag=TAG, load_module_strict=strict,
+                    load_optimizer_states=True, load_lr_scheduler_states=False,
                 )
-            if universal and load_path is not None:
+            if load_path is not None:
                 restore_unsharded(engine, folder, TAG)
+        else:
+            load_path, client = engine.load_checkpoint(
+                str(folder), tag=TAG, load_module_strict=strict,
+                load_optimizer_states=optimizer_key is not None, load_lr_scheduler_states=False,
+            )
         if load_path is None or client is None:
             raise CheckpointError(
                 f"fabric.load({source!r}): DeepSpeed could not load the checkpoint (see its log above). "
@@ -623,31 +637,21 @@ class DeepSpeedStrategy(DDPStrategy):
             state[key] = value  # plain values were replaced in ``rest``
         return remainder
 
-    def _universal_for(self, folder: Path, engine: DeepSpeedEngine, *, asked: str) -> Path | None:
-        """The universal form of a ZeRO checkpoint saved at another data-parallel world size (converted once, by
-        rank 0); None when the engine reads the folder as it is (same world size, or no ZeRO shards)."""
-        now = engine.seq_dp_world_size
-
-        def decide() -> bool:
-            saved, stage = saved_layout(folder / TAG)
-            if saved == now or stage == 0 or not engine.zero_optimization():
-                return False  # stage 0 keeps the whole optimizer in rank 0's file, which any world size reads
-            check_reshardable(folder / TAG, asked=asked, saved=saved, now=now)
-            universal_folder(folder, TAG)
-            return True
-
-        needed, failure = False, None
+    def _decided_by_rank_zero(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on rank 0 and hand every rank its result; when it raises, every rank raises its error
+        (rank 0 the original, the others a CheckpointError with its text) instead of waiting in a collective."""
+        result, failure = None, None
         if self.is_global_zero:
             try:
-                needed = decide()
+                result = fn()
             except Exception as raised:  # noqa: BLE001 - raised again below, once the other ranks are told
                 failure = raised
-        needed, error = self.broadcast((needed, None if failure is None else str(failure)))
+        result, error = self.broadcast((result, None if failure is None else str(failure)))
         if failure is not None:
             raise failure
-        if error is not None:  # the same error as rank 0, instead of waiting in the next collective
+        if error is not None:
             raise CheckpointError(error)
-        return folder / UNIVERSAL if needed else None
+        return result
 
     def _engine_in_state(self, state: Mapping[str, Any], *, asked: str) -> tuple[DeepSpeedEngine, str, str | None]:
         """The one engine in ``state``, its key, and the key of its optimizer (None when absent)."""

@@ -524,30 +524,29 @@ def test_conversion_is_made_once_inside_the_checkpoint_folder(reshaped):
 
 def test_optimizer_state_that_cannot_be_resharded_is_refused(reshaped):
     out, results = reshaped
-    def fix(folder, saved=2):
+    def fix(saved=2):
         return (
-            f"Fix: load it at world size {saved}; or, to start with a fresh optimizer, make one file with "
-            f"consolidate_deepspeed_checkpoint({str(folder)!r}, 'weights.ckpt') and load its weights into the model "
-            f"before fabric.setup (model.load_state_dict(torch.load('weights.ckpt')['model']))."
+            f"Fix: load it at world size {saved}; or leave the optimizer out of the state to load the weights alone "
+            f"(the optimizer keeps its own state): fabric.load(path, {{'model': model, ...}})."
         )
 
     sgd = results["load1"][0]["stage2"]
     assert sgd["refused"] == (
-        f"CheckpointError: fabric.load({str(out / 'sgd')!r}) cannot load a ZeRO checkpoint saved at world size 2 at "
-        f"world size 1: its optimizer state holds 'momentum_buffer', and DeepSpeed's universal checkpoint reshards "
-        f"only Adam-style state ('exp_avg', 'exp_avg_sq'). {fix(out / 'sgd')}"
+        f"CheckpointError: fabric.load({str(out / 'sgd')!r}) cannot load the optimizer state of a ZeRO checkpoint saved "
+        f"at world size 2 at world size 1: its optimizer state holds 'momentum_buffer', and DeepSpeed's universal checkpoint reshards "
+        f"only Adam-style state ('exp_avg', 'exp_avg_sq'). {fix()}"
     )
     nostep = results["load1"][0]["stage3"]
     assert nostep["refused"] == (
-        f"CheckpointError: fabric.load({str(out / 'nostep')!r}) cannot load a ZeRO checkpoint saved at world size 2 "
-        f"at world size 1: it holds no optimizer state yet (it was saved before the first optimizer step), which "
-        f"DeepSpeed's universal checkpoint conversion needs. {fix(out / 'nostep')}"
+        f"CheckpointError: fabric.load({str(out / 'nostep')!r}) cannot load the optimizer state of a ZeRO checkpoint "
+        f"saved at world size 2 at world size 1: it holds no optimizer state yet (it was saved before the first optimizer step), which "
+        f"DeepSpeed's universal checkpoint conversion needs. {fix()}"
     )
     on_two_ranks = [r["stage2"]["refused"] for r in results["load2"]]  # both ranks raise rank 0's error
     assert on_two_ranks[0] == on_two_ranks[1] == (
-        f"CheckpointError: fabric.load({str(out / 'sgd1')!r}) cannot load a ZeRO checkpoint saved at world size 1 at "
-        f"world size 2: its optimizer state holds 'momentum_buffer', and DeepSpeed's universal checkpoint reshards "
-        f"only Adam-style state ('exp_avg', 'exp_avg_sq'). " + fix(out / "sgd1", saved=1)
+        f"CheckpointError: fabric.load({str(out / 'sgd1')!r}) cannot load the optimizer state of a ZeRO checkpoint saved "
+        f"at world size 1 at world size 2: its optimizer state holds 'momentum_buffer', and DeepSpeed's universal checkpoint reshards "
+        f"only Adam-style state ('exp_avg', 'exp_avg_sq'). " + fix(saved=1)
     )
     for refused in (sgd, nostep):  # refused before anything was loaded or written
         assert refused["untouched_after_refusal"] is True
@@ -569,3 +568,20 @@ def test_model_without_optimizer_loads_weights_at_any_world_size(reshaped, stage
             assert {n: inference[n] for n in saved["fp32"]} == saved["fp32"]
             assert {n: inference[n] for n in saved["frozen"]} == saved["frozen"]
             assert {n: inference[n] for n in saved["buffers"]} == saved["buffers"]
+
+
+def test_weights_alone_load_at_another_world_size_from_any_optimizer(reshaped):
+    # No optimizer in the state: the whole weights (and the engine's fp32 masters) come from the folder, whatever
+    # optimizer wrote it; the engine's own Adam moments stay. Before: DeepSpeed failed at stage 3 (1 -> 2).
+    _, results = reshaped
+    saved_sgd_on_2, saved_sgd_on_1 = results["save2"][0]["stage2"], results["load1"][0]["stage2"]
+    cases = [(saved_sgd_on_2["sgd_weights"], saved_sgd_on_2["sgd_masters"], saved_sgd_on_1)]  # SGD, 2 -> 1
+    cases += [(saved_sgd_on_1["sgd_weights"], saved_sgd_on_1["sgd_masters"], r["stage2"]) for r in results["load2"]]
+    nostep = results["save2"][0]["stage3"]["nostep_weights"]  # Adam before its first step, stage 3, 2 -> 1
+    cases.append((nostep, {n: nostep[n] for n in results["load1"][0]["stage3"]["weights_only_masters"]},
+                  results["load1"][0]["stage3"]))
+    for weights, masters, loaded in cases:
+        assert loaded["weights_only"] == weights
+        assert loaded["weights_only_masters"] == masters
+        assert loaded["weights_only_kept_moments"] is True
+        assert loaded["weights_only_remainder"] == {}

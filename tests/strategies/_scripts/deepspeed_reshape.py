@@ -73,6 +73,31 @@ def whole_weights(model):
         return {n: t.detach().float().flatten().tolist() for n, t in module.state_dict().items()}
 
 
+def masters(model):
+    """The fp32 master weights the engine's optimizer updates, whole: collective, every rank calls it."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module = model._forward_module.module
+    return {n: safe_get_full_fp32_param(p).flatten().tolist() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def weights_only(fabric, result, model, optimizer, folder):
+    """Load the weights alone (no optimizer in the state): whatever optimizer saved them, at any world size;
+    this engine's Adam moments stay as they were."""
+
+    def moments():
+        base = optimizer.optimizer.optimizer.state.values()
+        return [{k: v.clone() for k, v in state.items() if k != "step"} for state in base]
+
+    before = moments()
+    result["weights_only_remainder"] = fabric.load(folder, {"model": model})
+    result["weights_only"] = whole_weights(model)
+    result["weights_only_masters"] = masters(model)
+    result["weights_only_kept_moments"] = all(
+        a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(before, moments(), strict=True)
+    )
+
+
 def error_of(fn):
     try:
         fn()
@@ -120,6 +145,7 @@ def main():
         if args.phase == "save2":
             if name == "stage3":  # Adam before its first step: no moments to reshard yet
                 fabric.save(os.path.join(out, "nostep"), {"model": model, "optimizer": optimizer})
+                result["nostep_weights"] = whole_weights(model)
             result["losses"] = [step(model, optimizer, slice(0, 8)) for _ in range(3)]
         else:
             source = os.path.join(out, f"{'save2' if args.phase == 'load1' else 'load1'}-{name}")
@@ -149,6 +175,7 @@ def main():
             if name == "stage2":  # every rank raises rank 0's refusal (none waits in a collective)
                 sgd1 = os.path.join(out, "sgd1")
                 result["refused"] = error_of(lambda: fabric.load(sgd1, {"model": model, "optimizer": optimizer}))
+                weights_only(fabric, result, model, optimizer, sgd1)
             continue
         # What the next phase loads, taken after a few more steps at this world size.
         result["losses_after"] = [step(model, optimizer, slice(0, 8)) for _ in range(2)]
@@ -166,12 +193,14 @@ def main():
             step(sgd_model, sgd, slice(0, 8))
             sgd_folder = os.path.join(out, "sgd" if args.phase == "save2" else "sgd1")
             fabric.save(sgd_folder, {"model": sgd_model, "optimizer": sgd})
+            result["sgd_weights"], result["sgd_masters"] = whole_weights(sgd_model), masters(sgd_model)
         if args.phase == "load1" and name in ("stage2", "stage3"):
             before = snapshot(fabric, model, optimizer)
             source = os.path.join(out, "sgd" if name == "stage2" else "nostep")
             result["refused"] = error_of(lambda: fabric.load(source, {"model": model, "optimizer": optimizer}))
             result["untouched_after_refusal"] = snapshot(fabric, model, optimizer) == before
             result["refused_left_nothing"] = sorted(os.listdir(source))
+            weights_only(fabric, result, model, optimizer, source)
 
     with open(os.path.join(out, f"{args.phase}-rank{rank}.json"), "w") as handle:
         json.dump(results, handle)
