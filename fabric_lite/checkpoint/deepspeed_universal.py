@@ -4,8 +4,8 @@ A ZeRO (stage 1-3) folder holds the optimizer state cut into as many shards as r
 another number of ranks the engine can only read it after DeepSpeed's own conversion
 (``deepspeed.checkpoint.ds_to_universal``), which writes every parameter's fp32 weights and Adam
 moments whole. The conversion is written once, into ``<folder>/universal`` (complete when renamed into
-place, with its marker), so it goes away with the checkpoint it was made from. A model set up without
-optimizer needs no conversion: its whole weights are merged by DeepSpeed's ``zero_to_fp32``.
+place, with its marker), so it goes away with the checkpoint it was made from. Weights alone need no
+conversion: DeepSpeed's ``zero_to_fp32`` merges them whole, and they load at any world size.
 """
 
 from __future__ import annotations

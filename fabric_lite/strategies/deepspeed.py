@@ -567,10 +567,11 @@ class DeepSpeedStrategy(DDPStrategy):
         DeepSpeed's files are pickles that ``torch.load(weights_only=True)`` cannot read; with ``weights_only=True``
         rank 0 first checks every file against an allow-list of DeepSpeed's own types and refuses anything else.
 
-        At another data-parallel world size than the one saved, a ZeRO (stage 1-3) checkpoint is converted once
-        by DeepSpeed's ``ds_to_universal`` into ``<path>/universal`` and loaded from there: weights, Adam moments
-        and steps exactly; buffers and frozen parameters from the original files. A model set up without
-        optimizer loads the whole weights at any world size.
+        At another data-parallel world size than the one saved, a ZeRO (stage 1-3) checkpoint loaded with its
+        optimizer is converted once by DeepSpeed's ``ds_to_universal`` into ``<path>/universal`` and loaded from
+        there: weights, Adam moments and steps exactly; buffers and frozen parameters from the original files.
+        Without the optimizer in ``state`` (or for a model set up without one) the whole weights load at any world
+        size from any optimizer's checkpoint, and the optimizer keeps its state.
         """
         path = Path(self.broadcast(str(path)))
         source = str(path)
