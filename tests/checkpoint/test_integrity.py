@@ -18,6 +18,7 @@ from torch import nn
 from fabric_lite import Fabric
 from fabric_lite.checkpoint import latest_checkpoint
 from fabric_lite.checkpoint.folder import MARKER, META_FILE, save_folder
+from fabric_lite.checkpoint.sharded import consolidate
 from fabric_lite.errors import CheckpointError
 
 
@@ -171,8 +172,10 @@ def sharded(path, value):
     """A sharded folder as FSDP saves it (DCP shards, meta.pt, a COMPLETE marker listing checksums), in this process."""
     import torch.distributed.checkpoint as dcp
 
-    save_folder(path, lambda staging: dcp.save({"model": {"w": torch.full((64,), value)}}, checkpoint_id=staging,
-                                               no_dist=True), {"step": int(value)}, rank=0, world_size=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process on purpose
+        save_folder(path, lambda staging: dcp.save({"model": {"w": torch.full((64,), value)}}, checkpoint_id=staging,
+                                                   no_dist=True), {"step": int(value)}, rank=0, world_size=1)
     return path
 
 
@@ -230,3 +233,10 @@ def test_latest_checkpoint_skips_a_sharded_folder_whose_shard_changed(tmp_path):
             f"skipped {str(newest)!r}: its files do not match the checksums its COMPLETE marker lists (the checksum of "
             f"{shard.name} does not match its bytes)")):
         assert latest_checkpoint(tmp_path) == tmp_path / "step-1"
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"consolidate({str(newest)!r}) refused the sharded checkpoint {str(newest)!r}: the checksum of {shard.name} "
+            f"does not match its bytes. Its files were cut off or changed after the save finished. Fix: load another "
+            f"checkpoint (latest_checkpoint(folder) names the newest intact one), or save it again.")):
+        consolidate(newest, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+    assert torch.load(consolidate(tmp_path / "step-1", tmp_path / "out.pt"), weights_only=True)["step"] == 1
