@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -72,10 +73,30 @@ def test_latest_complete_file_or_folder_wins_and_incomplete_ones_never_do(tmp_pa
     file(tmp_path / ".step-3.ckpt.x1y2.tmp", t + 20)
     file(tmp_path / "step-3.ckpt", t + 20, valid=False)
     folder(tmp_path / "step-4", t + 30, marked=False)
+    os.utime(tmp_path / "step-4", ns=(t + 30, t + 30))
     (tmp_path / "metrics.csv").write_text("step,loss\n")
-    assert latest_checkpoint(tmp_path) == tmp_path / "step-2"
-    file(tmp_path / "step-5.ckpt", t + 40)
-    assert latest_checkpoint(tmp_path) == tmp_path / "step-5.ckpt"
+    # the truncated file and the unmarked folder are named in warnings; the temp file and the log are not
+    with pytest.warns(UserWarning) as record:
+        assert latest_checkpoint(tmp_path) == tmp_path / "step-2"
+    skipped = f"latest_checkpoint({str(tmp_path)!r}) skipped "
+    fix = ". Fix: delete it or move it out of the folder once you no longer need it."
+    assert [str(w.message) for w in record] == [
+        f"{skipped}{str(tmp_path / 'step-4')!r}: it has no COMPLETE marker, so the save that wrote it did not finish{fix}",
+        f"{skipped}{str(tmp_path / 'step-3.ckpt')!r}: it is not an intact torch checkpoint: its zip structure is broken "
+        f"(File is not a zip file){fix}",
+    ]
+    (tmp_path / "step-6.ckpt").write_bytes(b"")  # newest, empty: a copy that was cut off
+    (tmp_path / "step-7.pt").write_bytes(b"not a checkpoint")
+    for name, mtime in (("step-6.ckpt", t + 50), ("step-7.pt", t + 60)):
+        os.utime(tmp_path / name, ns=(mtime, mtime))
+    with pytest.warns(UserWarning) as record:
+        assert latest_checkpoint(tmp_path) == tmp_path / "step-2"
+    assert [str(w.message).split(": ", 1)[1].split(fix)[0] for w in record[:2]] == [
+        "it is not a torch zip archive (cut off, damaged, or another format)", "it is empty"]
+    file(tmp_path / "step-5.ckpt", t + 70)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing newer is damaged now
+        assert latest_checkpoint(tmp_path) == tmp_path / "step-5.ckpt"
 
 
 def test_equal_times_go_to_the_name_that_sorts_last_naturally(tmp_path):
