@@ -607,10 +607,19 @@ class DeepSpeedStrategy(DDPStrategy):
             load_path, client = str(folder), load_whole_weights(engine, folder, TAG, strict=strict, trained=trained)
         elif elsewhere and engine.zero_optimization():
             # The optimizer state too: DeepSpeed reshards it from its universal checkpoint, made once by rank 0.
-            self._decided_by_rank_zero(lambda: (
-                check_reshardable(folder / TAG, asked=f"fabric.load({source!r})", saved=saved, now=now),
-                universal_folder(folder, TAG),
-            ))
+            def convert() -> None:
+                check_reshardable(folder / TAG, asked=f"fabric.load({source!r})", saved=saved, now=now)
+                universal_folder(folder, TAG)
+                # One made earlier came with the folder, maybe from someone else: checked like the folder itself.
+                if weights_only and (verdict := check_weights_only(folder / UNIVERSAL)):
+                    raise CheckpointError(
+                        f"fabric.load({source!r}) refused to unpickle {UNIVERSAL}/{verdict} with weights_only=True. "
+                        f"It may contain code that would run on load. Fix: if you trust this checkpoint, call "
+                        f"fabric.load(path, state, weights_only=False); else delete {str(folder / UNIVERSAL)!r}, "
+                        f"and fabric.load makes it again from the checked files."
+                    )
+
+            self._decided_by_rank_zero(convert)
             with loading_universal(engine):
                 load_path, client = engine.load_checkpoint(
                     str(folder / UNIVERSAL), tag=TAG, load_module_strict=strict,

@@ -585,3 +585,18 @@ def test_weights_alone_load_at_another_world_size_from_any_optimizer(reshaped):
         assert loaded["weights_only_masters"] == masters
         assert loaded["weights_only_kept_moments"] is True
         assert loaded["weights_only_remainder"] == {}
+
+
+def test_universal_folder_that_came_with_a_checkpoint_is_checked(reshaped):
+    out, results = reshaped
+    planted = out / "planted"
+    refused = results["load1"][0]["stage2"]["planted"]
+    assert refused.startswith(
+        f"CheckpointError: fabric.load({str(planted)!r}) refused to unpickle universal/checkpoint/zero/0.weight/fp32.pt (Weights "
+        f"only load failed."
+    )
+    assert refused.endswith(
+        f"with weights_only=True. It may contain code that would run on load. Fix: if you trust this checkpoint, call "
+        f"fabric.load(path, state, weights_only=False); else delete {str(planted / 'universal')!r}, and fabric.load "
+        f"makes it again from the checked files."
+    )

@@ -12,6 +12,7 @@ parameters and the error messages, for the test to compare across phases.
 import argparse
 import json
 import os
+import shutil
 
 import torch
 from torch import nn
@@ -23,6 +24,13 @@ from fabric_lite.strategies.deepspeed import DeepSpeedStrategy
 SCENARIOS = {
     "stage2": (2, "32-true"), "stage3": (3, "32-true"), "stage2-bf16": (2, "bf16-mixed"), "stage3-bf16": (3, "bf16-mixed"),
 }
+
+
+class NotAllowed:
+    """A plain object: pickled by class reference, which ``torch.load(weights_only=True)`` refuses."""
+
+    def __init__(self, value):
+        self.value = value
 
 
 def make_model(seed, precision):
@@ -201,6 +209,14 @@ def main():
             result["untouched_after_refusal"] = snapshot(fabric, model, optimizer) == before
             result["refused_left_nothing"] = sorted(os.listdir(source))
             weights_only(fabric, result, model, optimizer, source)
+        if args.phase == "load1" and name == "stage2":
+            # A universal folder that came with a checkpoint is checked like the checkpoint: a planted pickle of
+            # an arbitrary class is refused under weights_only=True.
+            planted = os.path.join(out, "planted")
+            shutil.copytree(os.path.join(out, "save2-stage2"), planted)
+            weight = os.path.join(planted, "universal", "checkpoint", "zero", "0.weight", "fp32.pt")
+            torch.save({"param": NotAllowed(1)}, weight)  # what DeepSpeed would unpickle without weights_only
+            result["planted"] = error_of(lambda: fabric.load(planted, {"model": model, "optimizer": optimizer}))
 
     with open(os.path.join(out, f"{args.phase}-rank{rank}.json"), "w") as handle:
         json.dump(results, handle)
