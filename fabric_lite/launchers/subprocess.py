@@ -32,6 +32,7 @@ from fabric_lite.launchers.base import (
 )
 from fabric_lite.launchers.external import PARENT_PID_VARIABLE, install_error_file_hook
 from fabric_lite.launchers.signals import SignalGuard, signal_name
+from fabric_lite.utilities import hang
 from fabric_lite.utilities.distributed import find_free_port, port_in_use
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ class SubprocessLauncher:
             # A collective on rank 0 fails right after a peer dies; give that peer's exit a moment to be seen
             # (longer when the error itself says a peer vanished or failed: on a loaded machine its exit takes a while).
             result = self._context.wait(timeout=3.0 if peer_lost or blamed else 0.5, period=0.05)
-            early = self._exited_early() if peer_lost else []
+            early = self._exited_early() if peer_lost or hang.is_collective_timeout(exc) else []
             if result is not None and result.is_failed():
                 report_failure(result.failures, self.num_processes, self._node_rank, blamed=blamed, exited_early=early)
                 print("fabric_lite: rank 0 then failed as a consequence:", file=sys.stderr, flush=True)

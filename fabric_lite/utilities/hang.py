@@ -100,23 +100,56 @@ def report_timeout(error: BaseException) -> None:
             while time.monotonic() < deadline and not store.check([prefix + "done"]):
                 time.sleep(0.02)
             return
-        _write(
-            f"fabric_lite: Root cause: a collective timed out on rank {rank} ({_state['host']}) after "
-            f"{_state['timeout_s']:g} s: at least one rank never reached it. Stacks of the ranks that did not time "
-            f"out follow. Fix: make every rank call the same collectives in the same order, or raise the timeout "
-            f"(DDPStrategy(timeout=datetime.timedelta(...)), FABRIC_LITE_COLLECTIVE_TIMEOUT or fabric-run "
-            f"--collective-timeout) if a rank is only slow.\n"
-        )
         time.sleep(0.1)  # the other waiting ranks time out within moments of this one: let them say so
         absent = [r for r in range(world_size) if r != rank and not store.check([prefix + f"timed_out/{r}"])]
+        exited = [r for r in absent if _has_exited(store, prefix, r)]
+        if exited:  # a rank that left early (returned, exited with code 0) is the cause, not the one that waited
+            names = ", ".join(f"rank {r}" for r in exited)
+            _write(
+                f"fabric_lite: Root cause: {names} exited before rank {rank} finished its collective; rank {rank} "
+                f"({_state['host']}) timed out waiting after {_state['timeout_s']:g} s. Fix: let every rank run the "
+                f"same collectives to the end (no rank may return or exit early).\n"
+            )
+        else:
+            _write(
+                f"fabric_lite: Root cause: a collective timed out on rank {rank} ({_state['host']}) after "
+                f"{_state['timeout_s']:g} s: at least one rank never reached it. Stacks of the ranks that did not time "
+                f"out follow. Fix: make every rank call the same collectives in the same order, or raise the timeout "
+                f"(DDPStrategy(timeout=datetime.timedelta(...)), FABRIC_LITE_COLLECTIVE_TIMEOUT or fabric-run "
+                f"--collective-timeout) if a rank is only slow.\n"
+            )
         for other in absent:
-            _dump_rank(store, prefix, other)
+            if other in exited:
+                _write(f"fabric_lite: rank {other} has already exited: it left before the collective; no stack.\n")
+            else:
+                _dump_rank(store, prefix, other)
         waiting = [r for r in range(world_size) if r not in absent]
         _write(f"fabric_lite: ranks that timed out waiting in the collective: {waiting}; ranks that did not reach "
                f"it: {absent}.\n")
         store.set(prefix + "done", "1")
     except Exception:  # noqa: BLE001 - the store is gone (its host died): nothing more can be collected
         return
+
+
+def _has_exited(store: Any, prefix: str, rank: int) -> bool:
+    """Whether ``rank`` runs on this machine and its process is gone (or a zombie); unknown elsewhere: False."""
+    key = prefix + f"pid/{rank}"
+    if not store.check([key]):
+        return False
+    host, pid = store.get(key).decode().split("\t")
+    if host != _state["host"]:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    try:  # a zombie (its parent has not reaped it yet) has exited too
+        with open(f"/proc/{int(pid)}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 def _dump_rank(store: Any, prefix: str, rank: int) -> None:
@@ -133,7 +166,7 @@ def _dump_rank(store: Any, prefix: str, rank: int) -> None:
     try:
         os.kill(int(pid), DUMP_SIGNAL)
     except ProcessLookupError:
-        _write(f"fabric_lite: rank {rank} (pid {pid}) has already exited.\n")
+        _write(f"fabric_lite: rank {rank} (pid {pid}) has already exited: it left before the collective.\n")
         return
     time.sleep(DUMP_WAIT_S)  # faulthandler writes from the signal handler at once; let it finish
 

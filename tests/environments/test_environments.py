@@ -8,7 +8,7 @@ import pytest
 
 from fabric_lite.environments import LocalEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from fabric_lite.environments.slurm import first_hostname
-from fabric_lite.errors import ConfigurationError
+from fabric_lite.errors import ConfigurationError, FabricEnvironmentError
 from fabric_lite.plan import resolve
 
 # What srun sets in a task (as seen under the real srun of tests/clusters/test_slurm.py).
@@ -93,3 +93,70 @@ def test_slurm_uneven_layout_hint():
         "--ntasks-per-node")
     assert "Fix: start 4 task(s) as Fabric expects: srun -N2 --ntasks-per-node=2 python " in str(error.value)
     assert "or use the tasks SLURM started" not in str(error.value)  # no Fabric(...) fits an uneven layout
+
+
+# ----------------------------------------------------------------------------- RANK and WORLD_SIZE but no LOCAL_RANK
+POD = {"RANK": "3", "WORLD_SIZE": "4", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "23456"}  # as a Kubernetes operator sets
+
+
+def test_processes_placed_without_local_rank_are_external_and_placed_by_devices():
+    one_per_node = LocalEnvironment(POD, num_processes=1, num_nodes=4)
+    assert one_per_node.creates_processes_externally
+    assert (one_per_node.global_rank(), one_per_node.local_rank(), one_per_node.node_rank()) == (3, 0, 3)
+    two_per_node = LocalEnvironment(POD, num_processes=2, num_nodes=2)
+    assert (two_per_node.local_rank(), two_per_node.node_rank()) == (1, 1)
+    plan = resolve(env=POD, available={"cpu": 1}, accelerator="cpu", devices=1, num_nodes=4)
+    assert (plan.launcher, plan.strategy, plan.world_size) == ("external", "ddp", 4)
+    assert not LocalEnvironment({k: v for k, v in POD.items() if k != "MASTER_PORT"}).creates_processes_externally
+
+
+def test_processes_placed_without_local_rank_that_do_not_fit_fabric_are_refused_at_once():
+    with pytest.raises(FabricEnvironmentError) as error:
+        resolve(env=POD, available={"cpu": 1}, accelerator="cpu", devices=2, strategy="ddp")
+    assert str(error.value) == (
+        "The environment sets RANK=3 and WORLD_SIZE=4 but no LOCAL_RANK (processes started by another tool, e.g. a "
+        "Kubernetes operator), and Fabric(devices=2, num_nodes=1) expects 2 process(es), so this process's place on "
+        "its machine cannot be derived. Fix: set LOCAL_RANK (and NODE_RANK) in every process, start the script with "
+        "torchrun or fabric-run (they set them), or make devices * num_nodes equal WORLD_SIZE, e.g. "
+        "Fabric(devices=1, num_nodes=4) for one process per machine."
+    )
+
+
+PLACED_SCRIPT = """
+import json, sys
+import torch
+from fabric_lite import Fabric
+devices, num_nodes = int(sys.argv[1]), int(sys.argv[2])
+fabric = Fabric(accelerator="cpu", devices=devices, num_nodes=num_nodes, strategy="ddp")
+fabric.launch()
+total = fabric.all_reduce(torch.ones(1), reduce_op="sum").item()
+fabric.barrier()
+print("RESULT", json.dumps([fabric.global_rank, fabric.local_rank, fabric.node_rank, fabric.world_size, total]))
+"""
+
+
+@pytest.mark.parametrize(("devices", "num_nodes", "places"), [(1, 2, [[0, 0, 0], [1, 0, 1]]), (2, 1, [[0, 0, 0], [1, 1, 0]])])
+def test_two_processes_started_with_rank_but_no_local_rank_train_together(devices, num_nodes, places, tmp_path):
+    """Two real processes that only know RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT form one world."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from fabric_lite.utilities.distributed import find_free_port
+
+    script = tmp_path / "placed.py"
+    script.write_text(PLACED_SCRIPT)
+    base = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE")}
+    base.update(OMP_NUM_THREADS="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(find_free_port("127.0.0.1")))
+    procs = [subprocess.Popen([sys.executable, str(script), str(devices), str(num_nodes)], env={**base, "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        outputs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    results = [json.loads(next(l for l in out.splitlines() if l.startswith("RESULT"))[7:]) for out, _ in outputs]
+    assert [r[:3] for r in results] == places
+    assert all(r[3:] == [2, 2.0] for r in results), results

@@ -86,3 +86,29 @@ def test_collective_timeout_reaches_the_strategy_from_the_environment():
 def test_bad_timeouts(make, message):
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         make()
+
+
+def test_rank_that_exited_before_a_timed_out_collective_is_the_root_cause(tmp_path):
+    """Rank 1 exits with code 0 but a process it forked keeps its sockets open: rank 0 sees no closed connection and
+    times out. The report names rank 1, not the rank that waited."""
+    script = str(Path(__file__).parents[1] / "launchers" / "_scripts" / "stop_job.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "FABRIC_LITE_COLLECTIVE_TIMEOUT": str(TIMEOUT_S)}
+    try:
+        result = subprocess.run([sys.executable, script, str(tmp_path), "--where", "hidden-exit"], check=False,
+                                capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        grandchild = tmp_path / "grandchild"
+        if grandchild.exists():
+            try:
+                os.kill(int(grandchild.read_text()), 9)
+            except ProcessLookupError:
+                pass
+    output = result.stderr
+    assert result.returncode != 0, output
+    first = output[output.index("fabric_lite: Root cause:"):].splitlines()[0]
+    assert first == (f"fabric_lite: Root cause: rank 1 exited before rank 0 finished its collective; rank 0 "
+                     f"({first.split('(')[1].split(')')[0]}) timed out waiting after {TIMEOUT_S} s. Fix: let every rank "
+                     f"run the same collectives to the end (no rank may return or exit early)."), output
+    assert "fabric_lite: rank 1 has already exited: it left before the collective; no stack." in output
+    assert "Root cause: rank 1 (local rank 1) on " in output and " exited (code 0) before rank 0 finished its collective." in output
+    assert "Root cause: rank 0" not in output and "timed out on rank 0" not in output, output

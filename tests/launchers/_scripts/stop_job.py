@@ -5,6 +5,9 @@
 --where early-exit:  rank 1 leaves (exit code 0) while rank 0 waits for it in an all_reduce.
 --where no-join:     rank 1 exits with code 0 before Fabric(...) (subprocess launcher only).
 --where finish:      both ranks do one all_reduce and end normally.
+--where hidden-exit: rank 1 exits with code 0, but a process it forked keeps its sockets open for 20 s, so rank 0
+                     sees no closed connection and its all_reduce times out (set FABRIC_LITE_COLLECTIVE_TIMEOUT);
+                     the forked process writes its pid to OUT/grandchild.
 """
 
 import argparse
@@ -33,8 +36,15 @@ def run(fabric, out: Path, where: str) -> None:
     if fabric.global_rank == 1:
         if where == "early-exit":
             sys.exit(0)
+        if where == "hidden-exit":
+            child = os.fork()
+            if child == 0:  # holds rank 1's gloo sockets: rank 0 sees no closed connection
+                (out / "grandchild").write_text(str(os.getpid()))
+                time.sleep(20)
+                os._exit(0)
+            os._exit(0)
         time.sleep(600)  # never reaches the collective
-    if where == "early-exit":
+    if where in ("early-exit", "hidden-exit"):
         time.sleep(0.5)
     fabric.all_reduce(torch.ones(1))
     (out / "joined").write_text("unexpected")
@@ -44,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--where", default="collective",
-                        choices=["collective", "rendezvous", "early-exit", "no-join", "finish"])
+                        choices=["collective", "rendezvous", "early-exit", "no-join", "finish", "hidden-exit"])
     parser.add_argument("--strategy", default="ddp")
     parser.add_argument("--preemption", action="store_true")
     args = parser.parse_args()
