@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from fabric_lite.accelerators import Accelerator
 from fabric_lite.errors import ConfigurationError, UsageError
 from fabric_lite.build import instantiate, make_launcher
+from fabric_lite.launchers.base import Launcher
 from fabric_lite.plan import Plan, resolve
 from fabric_lite.precision.base import Precision
 from fabric_lite.strategies.base import Strategy, validate_reduce_op
@@ -113,6 +114,11 @@ class Fabric:
     @property
     def strategy(self) -> Strategy:
         return self._strategy
+
+    @property
+    def launcher(self) -> Launcher:
+        """The launcher of the plan (ask it, e.g. ``fabric.launcher.runs_function_in_new_processes``)."""
+        return self._launcher
 
     @property
     def device(self) -> torch.device:
@@ -284,7 +290,7 @@ class Fabric:
         if self._plain_backward:
             tensor.backward(*args, **kwargs)
             return
-        if not self._optimizers_setup and not self._precision.plain_backward():
+        if not self._optimizers_setup and self._precision.scales_loss():
             # The loss is scaled (GradScaler): only an optimizer stepped through Fabric unscales the gradients.
             raise UsageError(
                 f"fabric.backward(loss) under precision={self._plan.precision!r} multiplies the loss by the "

@@ -14,6 +14,10 @@ class Launcher(Protocol):
     #: Whether the launcher can run from a notebook / interactive interpreter.
     is_interactive_compatible: bool
 
+    #: Whether ``launch(function)`` runs ``function`` in processes it starts (state made there must come back
+    #: through rank 0's return value), rather than in the calling process.
+    runs_function_in_new_processes: bool
+
     def launch(self, function: Callable[..., Any] | None, *args: Any, fabric: Fabric, **kwargs: Any) -> Any:
         """Make the processes and run ``function`` (``None``: continue the calling script in every process)."""
         ...

@@ -28,6 +28,7 @@ _CONSEQUENCE_DELAY_S = 3.0
 
 class ExternalLauncher:
     is_interactive_compatible = True
+    runs_function_in_new_processes = False
 
     def prepare_process(self) -> None:
         install_error_file_hook()

@@ -41,6 +41,8 @@ class MultiProcessLauncher:
         self.start_method = start_method
         self.strategy_name = strategy_name
 
+    runs_function_in_new_processes = True
+
     @property
     def is_interactive_compatible(self) -> bool:
         return self.start_method == "fork"

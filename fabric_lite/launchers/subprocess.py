@@ -45,6 +45,7 @@ _RENDEZVOUS_GRACE_S = 2.0
 
 class SubprocessLauncher:
     is_interactive_compatible = False
+    runs_function_in_new_processes = False  # the calling process is rank 0 and runs the function itself
 
     def __init__(self, *, num_processes: int, num_nodes: int = 1, strategy_name: str = "ddp", **_: Any) -> None:
         self.num_processes = num_processes

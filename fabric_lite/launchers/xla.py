@@ -40,6 +40,10 @@ class XLALauncher:
     def is_interactive_compatible(self) -> bool:
         return self.start_method == "fork"
 
+    @property
+    def runs_function_in_new_processes(self) -> bool:
+        return self.num_processes > 1  # one replica runs in the calling process
+
     def launch(self, function: Callable[..., Any] | None, *args: Any, fabric: Fabric, **kwargs: Any) -> Any:
         single = self.num_processes == 1
         if function is None:

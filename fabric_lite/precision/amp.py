@@ -63,6 +63,9 @@ class MixedPrecision(Precision):
             return data.to(default) if data.is_floating_point() and data.dtype != default else data
         return cast_floating(data, default)
 
+    def scales_loss(self) -> bool:
+        return self.scaler is not None
+
     def plain_backward(self) -> bool:
         return self.scaler is None
 

@@ -54,6 +54,10 @@ class Precision:
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         return optimizer.step(**kwargs)
 
+    def scales_loss(self) -> bool:
+        """Whether ``backward`` multiplies the loss (a GradScaler), so gradients must be unscaled before use."""
+        return False
+
     def plain_backward(self) -> bool:
         """Whether backward is just ``tensor.backward()`` (lets the hot path skip this plugin)."""
         return True
