@@ -11,6 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from fabric_lite.errors import CheckpointError, UsageError
+from fabric_lite.trainer.loops.hooks import call_hook
 from fabric_lite.trainer.states import get_rng, is_plain, set_rng
 from fabric_lite.utilities.rank_zero import rank_zero_warn
 
@@ -23,9 +24,10 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
 
     Every process must call it (a collective). The tuner and resume use :meth:`restore_checkpoint`.
     """
-    if trainer._fabric_model is None:
+    state = trainer.state
+    if trainer.model is None:
         raise UsageError("trainer.save_checkpoint(path) was called before any run set a model up. Fix: call it after trainer.fit(...).")
-    state: dict[str, Any] = {"model": trainer._fabric_model}
+    saved: dict[str, Any] = {"model": trainer.model}
     extra: dict[str, Any] = {
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
@@ -33,16 +35,16 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
     }
     if not weights_only:
         for index, optimizer in enumerate(trainer.optimizers):
-            state[f"optimizer_{index}"] = optimizer
-        if trainer._in_fit and callable(getattr(trainer.train_dataloader, "state_dict", None)):
-            state["train_dataloader"] = trainer.train_dataloader  # its position, epoch and random state
+            saved[f"optimizer_{index}"] = optimizer
+        if state.in_fit and callable(getattr(trainer.train_dataloader, "state_dict", None)):
+            saved["train_dataloader"] = trainer.train_dataloader  # its position, epoch and random state
         extra["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
         extra["loops"] = {
-            "phase": trainer._phase,
-            "batches_done": getattr(trainer, "_batches_done", 0) if trainer._phase in ("in_epoch", "batch_done") else 0,
-            "total_batch_idx": trainer._total_batch_idx,
-            "loader_position": getattr(trainer, "_batches_done", 0),  # batches the loader handed out in its last epoch
-            "epoch_rng": trainer._epoch_rng,
+            "phase": state.phase,
+            "batches_done": state.batches_done if state.phase in ("in_epoch", "batch_done") else 0,
+            "total_batch_idx": state.total_batch_idx,
+            "loader_position": state.batches_done,  # batches the loader handed out in its last epoch
+            "epoch_rng": state.epoch_rng,
             "rng": get_rng(),
         }
         extra["callbacks"] = {c.state_key: c.state_dict() for c in trainer.callbacks}
@@ -51,8 +53,8 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
     model = trainer.lightning_module
     if model is not None:
         extra["hyper_parameters"] = {k: v for k, v in dict(model.hparams).items() if is_plain(v)}
-        trainer._call_hook("on_save_checkpoint", extra)
-    trainer.fabric.save(filepath, {**state, **extra})
+        call_hook(trainer, "on_save_checkpoint", extra)
+    trainer.fabric.save(filepath, {**saved, **extra})
 
 
 def resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, stage: str) -> str:
@@ -82,11 +84,11 @@ def resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, stage: str) -> str:
 
 
 def restore(trainer: Trainer, path: str, *, training: bool) -> None:
-    state: dict[str, Any] = {"model": trainer._fabric_model}
+    wanted: dict[str, Any] = {"model": trainer.model}
     if training:
         for index, optimizer in enumerate(trainer.optimizers):
-            state[f"optimizer_{index}"] = optimizer
-    remainder = trainer.fabric.load(path, state, strict=training)
+            wanted[f"optimizer_{index}"] = optimizer
+    remainder = trainer.fabric.load(path, wanted, strict=training)
     model = trainer.lightning_module
     for callback in trainer.callbacks:
         callback.on_load_checkpoint(trainer, model, remainder)
@@ -108,10 +110,11 @@ def restore(trainer: Trainer, path: str, *, training: bool) -> None:
             callback.load_state_dict(callback_states[callback.state_key])
     if trainer.datamodule is not None and "datamodule" in remainder:
         trainer.datamodule.load_state_dict(remainder["datamodule"])
-    trainer.current_epoch = int(remainder["epoch"])
-    trainer.global_step = int(remainder["global_step"])
+    state = trainer.state
+    state.current_epoch = int(remainder["epoch"])
+    state.global_step = int(remainder["global_step"])
     loops = remainder.get("loops") or {}
-    trainer._total_batch_idx = int(loops.get("total_batch_idx", 0))
+    state.total_batch_idx = int(loops.get("total_batch_idx", 0))
     phase = loops.get("phase", "epoch_done")
     if phase in ("in_epoch", "batch_done") and loops.get("batches_done", 0) == 0:
         phase = "epoch_done"
@@ -134,7 +137,7 @@ def restore(trainer: Trainer, path: str, *, training: bool) -> None:
             "Resuming mid-epoch with a loader that keeps no state: the batches already trained are skipped, but a "
             "distributed sampler restarts its shuffling epochs from 0, so the order may differ from the original run."
         )
-    trainer._resume = None if phase == "epoch_done" else {
+    state.resume = None if phase == "epoch_done" else {
         "phase": phase, "batches_done": done, "loader_continues": loader_continues,
         "epoch_rng": loops.get("epoch_rng"), "rng": loops.get("rng"),
     }

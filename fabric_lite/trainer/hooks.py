@@ -8,6 +8,9 @@ from typing import Any
 class ModelHooks:
     """No-op hooks of :class:`~fabric_lite.trainer.LightningModule`; the Trainer calls each after the callbacks' one."""
 
+    #: prepare_data runs on local rank 0 of each node (True) or on global rank 0 only (False)
+    prepare_data_per_node: bool = True
+
     def prepare_data(self) -> None:
         """Download or write data once per node (or once in all, with ``prepare_data_per_node = False``)."""
 

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.optim import Optimizer
 
 from fabric_lite.errors import ConfigurationError, UsageError
 from fabric_lite.trainer.hooks import ModelHooks
+from fabric_lite.trainer.loops import hooks as loop_hooks
+from fabric_lite.trainer.loops.optimization import ManualOptimizer, inner_optimizer
 from fabric_lite.utilities.apply_func import move_data_to_device
 from fabric_lite.wrappers import unwrap
 
@@ -46,38 +47,6 @@ class AttributeDict(dict):
 
     def __setattr__(self, key: str, value: Any) -> None:
         self[key] = value
-
-
-class ManualOptimizer:
-    """What ``self.optimizers()`` returns under manual optimisation: the set-up optimizer, with ``step`` running the hooks.
-
-    ``step`` calls ``on_before_optimizer_step`` (callbacks, then module), steps through Fabric and counts one
-    ``global_step``, as Lightning does; every other attribute is the optimizer's own.
-    """
-
-    def __init__(self, optimizer: Any, trainer: Trainer) -> None:
-        self.__dict__["_optimizer"] = optimizer
-        self.__dict__["_trainer"] = trainer
-
-    @property
-    def optimizer(self) -> Optimizer:
-        return unwrap(self._optimizer)
-
-    def step(self, closure: Any = None) -> Any:
-        trainer = self._trainer
-        trainer._call_hook("on_before_optimizer_step", self._optimizer)
-        output = self._optimizer.step(closure) if closure is not None else self._optimizer.step()
-        trainer._after_optimizer_step()
-        return output
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._optimizer.zero_grad(set_to_none=set_to_none)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_optimizer"], name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._optimizer, name, value)
 
 
 class LightningModule(ModelHooks, nn.Module):
@@ -111,6 +80,8 @@ class LightningModule(ModelHooks, nn.Module):
         self._hparams = AttributeDict()
         self._hparams_initial = AttributeDict()
         self._toggled: dict[nn.Parameter, bool] | None = None
+        #: whether fit logs ``hparams`` to the loggers (``save_hyperparameters(logger=False)`` turns it off)
+        self.log_hyperparams_at_fit = True
         self.example_input_array: Any = None
 
     # ------------------------------------------------------------------------------ the trainer and its state
@@ -216,7 +187,7 @@ class LightningModule(ModelHooks, nn.Module):
         values = {k: v for k, v in values.items() if k not in ignored}
         self._hparams.update(values)
         self._hparams_initial = copy.deepcopy(AttributeDict(self._hparams))
-        self._log_hyperparams = logger
+        self.log_hyperparams_at_fit = logger
 
     # ------------------------------------------------------------------------------ logging
     def log(
@@ -240,7 +211,7 @@ class LightningModule(ModelHooks, nn.Module):
         """
         if self._trainer is None:
             return
-        self._trainer._results.log(
+        self._trainer.state.results.log(
             name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
             reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size,
         )
@@ -312,17 +283,17 @@ class LightningModule(ModelHooks, nn.Module):
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """Use instead of ``loss.backward()`` under manual optimisation (scaling, strategy hooks, backward hooks)."""
         trainer = self.trainer
-        trainer._call_hook("on_before_backward", loss)
-        trainer.fabric.backward(loss, *args, model=trainer._fabric_model, **kwargs)
-        trainer._call_hook("on_after_backward")
+        loop_hooks.call_hook(trainer, "on_before_backward", loss)
+        trainer.fabric.backward(loss, *args, model=trainer.model, **kwargs)
+        loop_hooks.call_hook(trainer, "on_after_backward")
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """Called by the Trainer under automatic optimisation; override to customise."""
-        self.trainer.fabric.backward(loss, *args, model=self.trainer._fabric_model, **kwargs)
+        self.trainer.fabric.backward(loss, *args, model=self.trainer.model, **kwargs)
 
     def toggle_optimizer(self, optimizer: Any) -> None:
         """Freeze (``requires_grad=False``) every parameter that belongs only to the other optimizers."""
-        own = {id(p) for group in unwrap(_inner(optimizer)).param_groups for p in group["params"]}
+        own = {id(p) for group in unwrap(inner_optimizer(optimizer)).param_groups for p in group["params"]}
         if self._toggled is None:
             self._toggled = {}
         for other in self.trainer.optimizers:
@@ -332,7 +303,7 @@ class LightningModule(ModelHooks, nn.Module):
                         continue
                     self._toggled.setdefault(parameter, parameter.requires_grad)
                     parameter.requires_grad = False
-        for group in unwrap(_inner(optimizer)).param_groups:
+        for group in unwrap(inner_optimizer(optimizer)).param_groups:
             for parameter in group["params"]:
                 if parameter in self._toggled:
                     parameter.requires_grad = self._toggled.pop(parameter)
@@ -359,11 +330,11 @@ class LightningModule(ModelHooks, nn.Module):
         if not gradient_clip_val:
             return
         algorithm = gradient_clip_algorithm or "norm"
-        fabric, model = self.trainer.fabric, self.trainer._fabric_model
+        fabric, model = self.trainer.fabric, self.trainer.model
         if algorithm == "value":
-            fabric.clip_gradients(model, _inner(optimizer), clip_val=gradient_clip_val)
+            fabric.clip_gradients(model, inner_optimizer(optimizer), clip_val=gradient_clip_val)
         elif algorithm == "norm":
-            fabric.clip_gradients(model, _inner(optimizer), max_norm=gradient_clip_val, error_if_nonfinite=False)
+            fabric.clip_gradients(model, inner_optimizer(optimizer), max_norm=gradient_clip_val, error_if_nonfinite=False)
         else:
             raise ConfigurationError(
                 f"clip_gradients(gradient_clip_algorithm={algorithm!r}) is not a known algorithm. Choose one of: norm, value."
@@ -388,10 +359,6 @@ class LightningModule(ModelHooks, nn.Module):
         state["_trainer"] = None
         state["_toggled"] = None
         return state
-
-
-def _inner(optimizer: Any) -> Any:
-    return optimizer._optimizer if isinstance(optimizer, ManualOptimizer) else optimizer
 
 
 def _init_arguments(frame: Any) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def checkpoint_path(default_root_dir: str) -> str:
 
 def plugin_of(trainer: Trainer) -> Any:
     """The Preemption plugin the Trainer's Fabric was given, or None (also while the tuner runs its trial fits)."""
-    if trainer._tuning:
+    if trainer.state.tuning:
         return None
     return trainer.fabric.plan.preemption_instance
 
@@ -48,12 +48,12 @@ def auto_resume_path(trainer: Trainer) -> str | None:
 def save(trainer: Trainer, *, epoch_finished: bool) -> None:
     """Write the preemption checkpoint on every rank (a collective), at the step all ranks agreed on."""
     # "epoch_batches_done": the resumed fit runs the epoch-end hooks first; "in_epoch": it continues with the next batch.
-    trainer._phase = "epoch_batches_done" if epoch_finished else "in_epoch"
+    trainer.state.phase = "epoch_batches_done" if epoch_finished else "in_epoch"
     path = trainer.preemption_ckpt_path
     trainer.save_checkpoint(path)
     if trainer.world_size > 1:
         trainer.fabric.barrier("preemption_checkpoint")  # every rank's part is on disk before anyone requeues
-    trainer.preempted = True
+    trainer.state.preempted = True
     if trainer.is_global_zero:
         print(f"Trainer: preempted, every rank stopped at epoch {trainer.current_epoch} step {trainer.global_step}; saved "
               f"{path}. Fit ends here; fit(ckpt_path='last') or a new fit with the plugin resumes from it.", flush=True)
@@ -73,7 +73,7 @@ def requeue(trainer: Trainer) -> None:
 def discard(trainer: Trainer) -> None:
     """A fit that reached its end: remove the preemption checkpoint so that no later fit resumes from it."""
     path = trainer.preemption_ckpt_path
-    if trainer._tuning or not trainer.is_global_zero or not os.path.exists(path):
+    if trainer.state.tuning or not trainer.is_global_zero or not os.path.exists(path):
         return
     if os.path.isdir(path):  # a sharded checkpoint is a folder
         shutil.rmtree(path, ignore_errors=True)

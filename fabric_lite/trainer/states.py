@@ -1,11 +1,10 @@
-"""Plain state the Trainer keeps in checkpoints: RNG states in a form ``torch.load(weights_only=True)`` reads back."""
+"""Plain state the Trainer keeps in checkpoints: hyperparameter values and RNG states ``torch.load(weights_only=True)`` reads."""
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-import torch
+from fabric_lite.utilities.rng_state import capture_rng, restore_rng
 
 
 def is_plain(value: Any) -> bool:
@@ -19,30 +18,11 @@ def is_plain(value: Any) -> bool:
 
 
 def get_rng() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states in a form ``torch.load(weights_only=True)`` reads back."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    try:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
-    except ImportError:
-        pass
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    """Python, NumPy, torch (and CUDA once initialised) RNG states: :func:`~fabric_lite.utilities.rng_state.capture_rng`."""
+    return capture_rng()
 
 
 def set_rng(state: dict[str, Any] | None) -> None:
-    if not state:
-        return
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "numpy" in state:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    """Put back what :func:`get_rng` recorded (nothing when ``state`` is empty, as in a checkpoint from before a fit)."""
+    if state:
+        restore_rng(state)

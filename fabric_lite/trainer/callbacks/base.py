@@ -16,6 +16,10 @@ class Callback:
     ``state_dict``/``load_state_dict`` put a callback's state into checkpoints under :attr:`state_key`.
     """
 
+    #: True for callbacks that decide on monitored metrics (ModelCheckpoint, EarlyStopping): their
+    #: ``on_train_epoch_end`` runs after the module's, which may log those metrics (Lightning's rule)
+    monitors_metrics: bool = False
+
     @property
     def state_key(self) -> str:
         """The key of this callback's state in a checkpoint (its class name; override to tell two apart)."""

@@ -51,7 +51,7 @@ class ModelCheckpoint(Callback):
 
     CHECKPOINT_NAME_LAST = "last"
     FILE_EXTENSION = ".ckpt"
-    _monitoring = True
+    monitors_metrics = True
 
     def __init__(
         self,
@@ -129,7 +129,7 @@ class ModelCheckpoint(Callback):
             self._save(trainer)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not trainer._in_fit:
+        if trainer.sanity_checking or not trainer.state.in_fit:
             return  # trainer.validate() alone saves nothing
         if self._on_train_epoch_end(trainer) or self.every_n_train_steps or not self._epoch_due(trainer):
             return
@@ -138,7 +138,7 @@ class ModelCheckpoint(Callback):
     def _on_train_epoch_end(self, trainer: Trainer) -> bool:
         if self.save_on_train_epoch_end is not None:
             return self.save_on_train_epoch_end
-        return not trainer.val_dataloaders or not any(trainer.num_val_batches) or trainer._val_check_batch == float("inf")
+        return not trainer.val_dataloaders or not any(trainer.num_val_batches) or trainer.val_check_batch == float("inf")
 
     def _epoch_due(self, trainer: Trainer) -> bool:
         return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0

@@ -28,7 +28,7 @@ class EarlyStopping(Callback):
         2
     """
 
-    _monitoring = True
+    monitors_metrics = True
 
     def __init__(
         self,
@@ -69,14 +69,14 @@ class EarlyStopping(Callback):
     def _on_train_epoch_end_check(self, trainer: Trainer) -> bool:
         if self.check_on_train_epoch_end is not None:
             return self.check_on_train_epoch_end
-        return not trainer.val_dataloaders or not any(trainer.num_val_batches) or trainer._val_check_batch == float("inf")
+        return not trainer.val_dataloaders or not any(trainer.num_val_batches) or trainer.val_check_batch == float("inf")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._on_train_epoch_end_check(trainer):
             self._check(trainer)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not trainer._in_fit or self._on_train_epoch_end_check(trainer):
+        if trainer.sanity_checking or not trainer.state.in_fit or self._on_train_epoch_end_check(trainer):
             return
         self._check(trainer)
 

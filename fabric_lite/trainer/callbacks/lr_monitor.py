@@ -52,7 +52,7 @@ class LearningRateMonitor(Callback):
         return "epoch"
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if (trainer._total_batch_idx + 1) % trainer.log_every_n_steps == 0 or trainer.log_every_n_steps == 1:
+        if (trainer.state.total_batch_idx + 1) % trainer.log_every_n_steps == 0 or trainer.log_every_n_steps == 1:
             self._log(trainer, "step")
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -9,6 +9,7 @@ from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer.callbacks.base import Callback
+from fabric_lite.trainer.loops.hooks import transfer_batch
 
 if TYPE_CHECKING:
     from fabric_lite.trainer.module import LightningModule
@@ -134,4 +135,4 @@ def _inputs(trainer: Trainer, loader: Any) -> Any:
     for index, batch in enumerate(loader):
         if index >= trainer.num_training_batches:
             break
-        yield trainer._transfer(batch, 0)
+        yield transfer_batch(trainer, batch, 0)

@@ -1,0 +1,84 @@
+"""Hook calls in Lightning's order (callbacks, then the module), step calls, batch transfer and metric logging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fabric_lite.trainer.callbacks.base import Callback
+    from fabric_lite.trainer.trainer import Trainer
+
+
+def call_hook(trainer: Trainer, name: str, *args: Any, module: bool = True, callbacks: Iterable[Callback] | None = None) -> Any:
+    """Callbacks first (in the given order), then the LightningModule; returns the module's answer."""
+    results = trainer.state.results
+    previous = results.hook
+    results.hook = name
+    try:
+        pl_module = trainer.lightning_module
+        for callback in trainer.callbacks if callbacks is None else callbacks:
+            getattr(callback, name)(trainer, pl_module, *args)
+        method = getattr(pl_module, name, None) if module and pl_module is not None else None
+        return method(*args) if method is not None else None
+    finally:
+        results.hook = previous
+
+
+def call_module(trainer: Trainer, name: str, *args: Any) -> Any:
+    """The LightningModule's ``name`` alone (``self.log`` inside knows which hook it is in)."""
+    results = trainer.state.results
+    previous = results.hook
+    results.hook = name
+    try:
+        return getattr(trainer.lightning_module, name)(*args)
+    finally:
+        results.hook = previous
+
+
+def call_step(trainer: Trainer, name: str, *args: Any) -> Any:
+    """``training_step`` & co. through the set-up model, so that the strategy's forward wrapping applies."""
+    results = trainer.state.results
+    previous = results.hook
+    results.hook = name
+    try:
+        return getattr(trainer.model, name)(*args)
+    finally:
+        results.hook = previous
+
+
+def transfer_batch(trainer: Trainer, batch: Any, dataloader_idx: int) -> Any:
+    """on_before_batch_transfer (module, data module), transfer_batch_to_device, on_after_batch_transfer."""
+    module = trainer.lightning_module
+    targets = [module] + ([trainer.datamodule] if trainer.datamodule is not None else [])
+    for target in targets:
+        batch = target.on_before_batch_transfer(batch, dataloader_idx)
+    batch = module.transfer_batch_to_device(batch, trainer.fabric.device, dataloader_idx)
+    for target in targets:
+        batch = target.on_after_batch_transfer(batch, dataloader_idx)
+    return batch
+
+
+def log_step(trainer: Trainer) -> None:
+    logged, bar = trainer.state.results.step_values(sync=True)
+    trainer.progress_bar_metrics.update(bar)
+    if logged and trainer.state.total_batch_idx % trainer.log_every_n_steps == 0:
+        log_metrics(trainer, logged)
+
+
+def log_metrics(trainer: Trainer, metrics: Mapping[str, float]) -> None:
+    trainer.logged_metrics.update(metrics)
+    if trainer.loggers and not trainer.sanity_checking:
+        trainer.fabric.log_dict(dict(metrics), step=trainer.global_step)
+
+
+def finalize_loggers(trainer: Trainer, status: str) -> None:
+    for logger in trainer.loggers:
+        logger.finalize(status)
+
+
+def on_exception(trainer: Trainer, error: BaseException) -> None:
+    for callback in trainer.callbacks:
+        callback.on_exception(trainer, trainer.lightning_module, error)
+    finalize_loggers(trainer, "failed")
+    trainer.state.stage = None
