@@ -60,7 +60,7 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
 def resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, stage: str) -> str:
     if ckpt_path in ("best", "last"):
         callback = trainer.checkpoint_callback
-        path = getattr(callback, "best_model_path" if ckpt_path == "best" else "last_model_path", "") if callback else ""
+        path = "" if callback is None else callback.best_model_path if ckpt_path == "best" else callback.last_model_path
         if ckpt_path == "last":
             # A preempted fit's checkpoint counts as a "last" one (Lightning's hpc checkpoint does too): the newer wins.
             found = [p for p in (path, trainer.preemption_ckpt_path) if p and os.path.exists(p)]

@@ -12,7 +12,6 @@ import math
 import os
 from typing import Any
 
-from fabric_lite.errors import UsageError
 from fabric_lite.fabric import Fabric
 from fabric_lite.trainer import checkpointing
 from fabric_lite.trainer import preemption as preempt

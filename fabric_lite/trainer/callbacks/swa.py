@@ -64,6 +64,8 @@ class StochasticWeightAveraging(Callback):
         self.device = device
         self.averaged: AveragedModel | None = None
         self._start_epoch = 0
+        self._swalr = False  # the SWALR scheduler replaced the model's
+        self._pending: dict[str, Any] | None = None  # averaged weights from a checkpoint, loaded at train start
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if len(trainer.optimizers) != 1:
@@ -85,7 +87,7 @@ class StochasticWeightAveraging(Callback):
             return
         if self.averaged is None:
             self.averaged = AveragedModel(pl_module, device=self.device, avg_fn=self.avg_fn, use_buffers=False)
-        if not getattr(self, "_swalr", False):
+        if not self._swalr:
             optimizer = trainer.optimizers[0]
             swa_lr = self.swa_lrs if self.swa_lrs is not None else [g["lr"] for g in optimizer.param_groups]
             scheduler = SWALR(optimizer, swa_lr=swa_lr, anneal_epochs=self.annealing_epochs,
@@ -123,7 +125,7 @@ class StochasticWeightAveraging(Callback):
         pass
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        pending = getattr(self, "_pending", None)
+        pending = self._pending
         if pending:
             self.averaged = AveragedModel(pl_module, device=self.device, avg_fn=self.avg_fn, use_buffers=False)
             self.averaged.load_state_dict(pending)
