@@ -22,6 +22,9 @@ class Entry:
     target: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: For strategies: the family whose precision plugins and process-group backend the plan picks
+    #: ("ddp", "fsdp", "deepspeed", "xla", or "" for one process without a process group).
+    family: str = ""
 
     def load(self) -> Callable[..., Any]:
         module_name, _, attribute = self.target.partition(":")
@@ -58,9 +61,10 @@ class Registry:
         *,
         aliases: tuple[Any, ...] = (),
         description: str = "",
+        family: str = "",
         **kwargs: Any,
     ) -> None:
-        self._entries[name] = Entry(name, target, dict(kwargs), description)
+        self._entries[name] = Entry(name, target, dict(kwargs), description, family)
         for alias in aliases:
             self._aliases[str(alias).lower()] = name
 
@@ -101,53 +105,57 @@ STRATEGIES.register(
     "single_device", "fabric_lite.strategies.single_device:SingleDeviceStrategy", description="one process, one device"
 )
 _DDP = "fabric_lite.strategies.ddp:DDPStrategy"
-STRATEGIES.register("ddp", _DDP, start_method="popen", description="DDP; `python train.py` re-runs the script per rank")
-STRATEGIES.register("ddp_spawn", _DDP, start_method="spawn", description="DDP in processes made by spawn")
-STRATEGIES.register("ddp_fork", _DDP, start_method="fork", description="DDP in processes made by fork")
-STRATEGIES.register("ddp_notebook", _DDP, start_method="fork", description="DDP from a notebook (fork)")
+STRATEGIES.register("ddp", _DDP, family="ddp", start_method="popen", description="DDP; `python train.py` re-runs the script per rank")
+STRATEGIES.register("ddp_spawn", _DDP, family="ddp", start_method="spawn", description="DDP in processes made by spawn")
+STRATEGIES.register("ddp_fork", _DDP, family="ddp", start_method="fork", description="DDP in processes made by fork")
+STRATEGIES.register("ddp_notebook", _DDP, family="ddp", start_method="fork", description="DDP from a notebook (fork)")
 STRATEGIES.register(
-    "ddp_find_unused_parameters_true", _DDP, start_method="popen", find_unused_parameters=True,
+    "ddp_find_unused_parameters_true", _DDP, family="ddp", start_method="popen", find_unused_parameters=True,
     description="DDP that tolerates parameters without gradients",
 )
 STRATEGIES.register(
-    "ddp_spawn_find_unused_parameters_true", _DDP, start_method="spawn", find_unused_parameters=True,
+    "ddp_spawn_find_unused_parameters_true", _DDP, family="ddp", start_method="spawn", find_unused_parameters=True,
     description="ddp_spawn that tolerates parameters without gradients",
 )
 STRATEGIES.register("dp", "fabric_lite.strategies.dp:DataParallelStrategy", description="DataParallel: one process, several GPUs")
 STRATEGIES.register(
-    "fsdp", "fabric_lite.strategies.fsdp:FSDPStrategy", start_method="popen",
+    "fsdp", "fabric_lite.strategies.fsdp:FSDPStrategy", family="fsdp", start_method="popen",
     description="FSDP2 (fully_shard): parameters, gradients and optimizer state sharded; `python train.py` re-runs the script per rank",
 )
 _DEEPSPEED = "fabric_lite.strategies.deepspeed:DeepSpeedStrategy"
-STRATEGIES.register("deepspeed", _DEEPSPEED, start_method="popen", description="DeepSpeed ZeRO stage 2 (or your config)")
-STRATEGIES.register("deepspeed_stage_1", _DEEPSPEED, start_method="popen", stage=1, description="ZeRO-1: optimizer state sharded")
-STRATEGIES.register("deepspeed_stage_2", _DEEPSPEED, start_method="popen", stage=2, description="ZeRO-2: + gradients sharded")
+_DEEPSPEED_POPEN = {"family": "deepspeed", "start_method": "popen"}
+STRATEGIES.register("deepspeed", _DEEPSPEED, **_DEEPSPEED_POPEN, description="DeepSpeed ZeRO stage 2 (or your config)")
+STRATEGIES.register("deepspeed_stage_1", _DEEPSPEED, **_DEEPSPEED_POPEN, stage=1, description="ZeRO-1: optimizer state sharded")
+STRATEGIES.register("deepspeed_stage_2", _DEEPSPEED, **_DEEPSPEED_POPEN, stage=2, description="ZeRO-2: + gradients sharded")
 STRATEGIES.register(
-    "deepspeed_stage_2_offload", _DEEPSPEED, start_method="popen", stage=2, offload_optimizer=True,
+    "deepspeed_stage_2_offload", _DEEPSPEED, **_DEEPSPEED_POPEN, stage=2, offload_optimizer=True,
     description="ZeRO-2 with optimizer state in CPU memory",
 )
-STRATEGIES.register("deepspeed_stage_3", _DEEPSPEED, start_method="popen", stage=3, description="ZeRO-3: + parameters sharded")
+STRATEGIES.register("deepspeed_stage_3", _DEEPSPEED, **_DEEPSPEED_POPEN, stage=3, description="ZeRO-3: + parameters sharded")
 STRATEGIES.register(
-    "deepspeed_stage_3_offload", _DEEPSPEED, start_method="popen", stage=3, offload_optimizer=True,
+    "deepspeed_stage_3_offload", _DEEPSPEED, **_DEEPSPEED_POPEN, stage=3, offload_optimizer=True,
     offload_parameters=True, description="ZeRO-3 with optimizer state and parameters in CPU memory",
 )
 STRATEGIES.register(
-    "deepspeed_stage_3_offload_nvme", _DEEPSPEED, start_method="popen", stage=3, offload_optimizer=True,
+    "deepspeed_stage_3_offload_nvme", _DEEPSPEED, **_DEEPSPEED_POPEN, stage=3, offload_optimizer=True,
     offload_parameters=True, offload_optimizer_device="nvme", offload_params_device="nvme",
     description="ZeRO-3 with optimizer state and parameters on NVMe (set nvme_path)",
 )
 _XLA = "fabric_lite.strategies.xla"
-STRATEGIES.register("single_xla", f"{_XLA}:SingleDeviceXLAStrategy", description="one XLA device (TPU core, or XLA's CPU device)")
 STRATEGIES.register(
-    "xla", f"{_XLA}:XLAStrategy", start_method="xla",
+    "single_xla", f"{_XLA}:SingleDeviceXLAStrategy", family="xla",
+    description="one XLA device (TPU core, or XLA's CPU device)",
+)
+STRATEGIES.register(
+    "xla", f"{_XLA}:XLAStrategy", family="xla", start_method="xla",
     description="data parallel, one replica per XLA device, made by torch_xla.launch (`fabric.launch(train)`)",
 )
 STRATEGIES.register(
-    "xla_spmd", f"{_XLA}_spmd:XLASPMDStrategy", fsdp=False,
+    "xla_spmd", f"{_XLA}_spmd:XLASPMDStrategy", family="xla", fsdp=False,
     description="SPMD data parallel over a mesh of all XLA devices, one process; parameters replicated",
 )
 STRATEGIES.register(
-    "xla_fsdp", f"{_XLA}_spmd:XLASPMDStrategy", fsdp=True,
+    "xla_fsdp", f"{_XLA}_spmd:XLASPMDStrategy", family="xla", fsdp=True,
     description="FSDPv2: SPMD over a mesh of all XLA devices, one process; parameters sharded",
 )
 

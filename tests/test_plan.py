@@ -143,8 +143,40 @@ def test_table_lists_every_component_with_reason():
     lines = table.splitlines()
     assert lines[0].split() == ["component", "choice", "reason"]
     names = [line.split()[0] for line in lines[1:]]
-    assert names == ["accelerator", "strategy", "precision", "cluster_environment", "launcher", "devices", "num_nodes"]
+    assert names == ["accelerator", "strategy", "precision", "precision_plugin", "backend", "cluster_environment",
+                     "launcher", "devices", "num_nodes"]
     assert "alias 'bf16' of bf16-mixed" in table
+
+
+@pytest.mark.parametrize(
+    ("strategy", "precision", "plugin", "backend"),
+    [
+        ("auto", "bf16-mixed", "MixedPrecision  bf16-mixed in plain PyTorch", "none"),
+        ("fsdp", "16-mixed", "FSDPPrecision  fsdp + 16-mixed: FSDP casts the compute parameters", "gloo"),
+        ("fsdp", "bf16-true", "HalfPrecision  bf16-true in plain PyTorch (no fsdp row)", "gloo"),
+        ("deepspeed", "bf16-mixed", "DeepSpeedPrecision  deepspeed + bf16-mixed: the DeepSpeed engine holds", "gloo"),
+        ("ddp", "32-true", "Precision  32-true in plain PyTorch (no ddp row)", "gloo"),
+    ],
+)
+def test_plan_picks_the_precision_plugin_and_backend_with_reasons(strategy, precision, plugin, backend):
+    """Precision is decided once: the plan's (family, precision) table names the plugin; build makes exactly that."""
+    p = plan(strategy=strategy, precision=precision, devices=1 if strategy == "auto" else 2, available={"cpu": 2})
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in str(p).splitlines()[1:]}
+    assert rows["precision_plugin"].startswith(plugin.replace("  ", " ")), rows
+    assert rows["backend"].split()[0] == backend
+    fabric = Fabric(accelerator="cpu", devices=1 if strategy == "auto" else 2, strategy=strategy, precision=precision)
+    assert type(fabric.strategy.precision).__name__ == plugin.split()[0]
+
+
+def test_build_never_changes_the_strategy_instance_the_user_passed():
+    from fabric_lite.strategies.ddp import DDPStrategy
+
+    strategy = DDPStrategy(static_graph=True)
+    before = (strategy.precision, strategy.cluster_environment, strategy.parallel_devices, strategy.num_nodes)
+    fabric = Fabric(accelerator="cpu", devices=3, num_nodes=2, strategy=strategy, precision="bf16-mixed")
+    assert fabric.strategy is not strategy and fabric.strategy.num_nodes == 2
+    assert (strategy.precision, strategy.cluster_environment, strategy.parallel_devices, strategy.num_nodes) == before
+    assert dict(strategy.arguments) == {"static_graph": True}
 
 
 def test_fabric_exposes_the_plan():

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fabric_lite.checkpoint.io import _fsync_dir
+from fabric_lite.checkpoint.io import fsync_dir
 from fabric_lite.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -100,9 +100,9 @@ def universal_folder(folder: Path, tag: str) -> Path:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             ds_to_universal.main(args)  # also writes staging/latest_universal, next to the tag folder
         (staging / MARKER).write_text("fabric_lite: DeepSpeed universal checkpoint, complete\n")
-        _fsync_dir(staging)
+        fsync_dir(staging)
         os.replace(staging, target)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

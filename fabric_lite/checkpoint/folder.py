@@ -258,3 +258,8 @@ def verify_folder(folder: Path, *, asked: str, rank: int = 0, world_size: int = 
             f"cut off or changed after the save finished. Fix: load another checkpoint (latest_checkpoint(folder) "
             f"names the newest intact one), or save it again."
         )
+
+
+# Public names for the other folder protocols (checkpoint/deepspeed.py) that stage and rename the same way.
+temporary_sibling = _temporary_sibling
+move_into_place = _move_into_place

@@ -68,7 +68,7 @@ def atomic_save(obj: Any, path: str | Path, *, asked: str | None = None) -> None
         if mapped is not None:
             raise mapped from None
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _umask() -> int:
@@ -77,7 +77,7 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # some filesystems do not allow opening folders
@@ -96,6 +96,9 @@ class _ignore_missing:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         return exc_type is not None and issubclass(exc_type, FileNotFoundError)
+
+
+_fsync_dir = fsync_dir  # the former name, still used inside checkpoint/folder.py
 
 
 def _check_format(path: Path) -> bytes:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from torch.optim import Optimizer
 
-from fabric_lite.__about__ import __version__
+import fabric_lite.__about__ as about
 from fabric_lite.checkpoint.mismatch import load_module_state, load_optimizer_state
 from fabric_lite.errors import CheckpointError, ConfigurationError
 from fabric_lite.wrappers import unwrap
@@ -59,7 +59,7 @@ def to_saveable(
         saveable[key] = value
     if META_KEY in saveable:
         raise ConfigurationError(f"fabric.save: the state key {META_KEY!r} is reserved. Fix: rename that entry.")
-    meta: dict[str, Any] = {"version": __version__}
+    meta: dict[str, Any] = {"version": about.__version__}
     precision_state = strategy.precision.state_dict()
     if precision_state:
         meta["precision"] = precision_state

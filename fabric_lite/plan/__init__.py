@@ -27,6 +27,7 @@ from fabric_lite.precision.base import Precision
 from fabric_lite.plan.checks import validate
 from fabric_lite.plan.devices import resolve_devices, resolve_num_nodes
 from fabric_lite.plan.model import Plan
+from fabric_lite.plan.precision import pick_backend, pick_plugin, strategy_family
 from fabric_lite.plan.reliability import check_environment, collective_timeout, preemption_plugin
 from fabric_lite.registry import ACCELERATORS, ENVIRONMENTS, LAUNCHERS, PRECISIONS, STRATEGIES
 from fabric_lite.strategies.base import Strategy
@@ -109,6 +110,9 @@ def resolve(
     if strategy_instance is not None and precision_plugin is None:
         precision_plugin = _strategy_precision(strategy_instance, given["precision"], reasons)
     precision_name = _resolve_precision(given["precision"], precision_plugin, reasons)
+    family = strategy_family(strategy_instance if strategy_instance is not None else strategy_name)
+    plugin = pick_plugin(family, accelerator_name, precision_name, precision_plugin, reasons)
+    backend = pick_backend(family, accelerator_name, strategy_instance, reasons)
     launcher = _resolve_launcher(strategy_name, strategy_instance, external, environment_name, world_size, reasons)
     timeout_s = collective_timeout(env, strategy_instance, reasons)
 
@@ -127,6 +131,9 @@ def resolve(
         accelerator_instance=accelerator_instance,
         strategy_instance=strategy_instance,
         precision_instance=precision_plugin,
+        precision_plugin=plugin,
+        backend=backend,
+        strategy_family=family,
         environment_instance=environment_plugin,
         collective_timeout=timeout_s,
         preemption_instance=preemption,
@@ -221,7 +228,7 @@ def _resolve_accelerator(
         return value.name or type(value).__name__
     if not isinstance(value, str):
         raise choices_error(f"Fabric(accelerator={value!r})", "accelerator", ["auto", "gpu", *ACCELERATORS.names()])
-    strategy_device = getattr(strategy_instance, "_root_device", None) if strategy_instance is not None else None
+    strategy_device = _given_device(strategy_instance)
     if value == "auto":
         if _is_xla_strategy(strategy):
             if available.get("xla", 0) <= 0:
@@ -260,6 +267,21 @@ def _resolve_accelerator(
         )
     reasons.setdefault("accelerator", "requested")
     return name
+
+
+def _given_device(strategy: Strategy | None) -> Any:
+    """The device a strategy instance was given (``SingleDeviceStrategy(device=...)``), as a torch.device."""
+    import inspect
+
+    import torch
+
+    parameters = inspect.signature(type(strategy).__init__).parameters if strategy is not None else {}
+    if "device" not in parameters:
+        return None
+    device = strategy.arguments.get("device", parameters["device"].default)  # type: ignore[union-attr]
+    if isinstance(device, int) and strategy.name in XLA_STRATEGIES:  # type: ignore[union-attr]
+        return torch.device("xla", device)
+    return device if isinstance(device, torch.device) else torch.device(device)
 
 
 def _is_xla_strategy(value: Any) -> bool:
@@ -311,9 +333,9 @@ def _resolve_strategy(value: Any, accelerator: str, world_size: int, environment
 # --------------------------------------------------------------------------------- step 5
 def _strategy_precision(strategy: Strategy, asked: Any, reasons: dict[str, str]) -> Precision | None:
     """A strategy instance's own precision plugin is used unless the user asked for another one."""
-    own = strategy.precision
-    if type(own) is Precision:  # the base class: the instance was given no precision
+    if strategy.arguments.get("precision") is None:  # the instance was given no precision
         return None
+    own = strategy.precision
     if asked is not None and PRECISIONS.canonical(asked) != own.name:
         raise ConfigurationError(
             f"Fabric(precision={asked!r}, strategy={type(strategy).__name__}(precision={type(own).__name__}('{own.name}'))) "

@@ -8,6 +8,7 @@ from fabric_lite.accelerators import XLA_STRATEGIES
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.plan.model import Plan
 from fabric_lite.plan.slurm import CHECKS as SLURM_CHECKS
+from fabric_lite.precision.deepspeed import PRECISION_SECTIONS
 
 # (predicate, message) pairs; the message is "what you asked -> why -> Fix:".
 _UNSUPPORTED: list[tuple[Callable[[Plan], bool], Callable[[Plan], str]]] = [
@@ -95,6 +96,18 @@ _UNSUPPORTED += [
         lambda p: (
             f"Fabric(strategy={p.strategy!r}, num_nodes={p.num_nodes}): this SPMD strategy builds a mesh of one host's "
             f"devices. Fix: num_nodes=1, or strategy='xla' for one replica per device across hosts."
+        ),
+    ),
+]
+
+
+_DEEPSPEED_PRECISIONS = ("32-true", *PRECISION_SECTIONS)
+_UNSUPPORTED += [
+    (
+        lambda p: p.strategy_family == "deepspeed" and p.precision not in _DEEPSPEED_PRECISIONS,
+        lambda p: (
+            f"Fabric(strategy=DeepSpeedStrategy(...), precision={p.precision!r}) is not supported: DeepSpeed trains in "
+            f"fp32, bf16 or fp16 only. Choose one of: {', '.join(_DEEPSPEED_PRECISIONS)}."
         ),
     ),
 ]

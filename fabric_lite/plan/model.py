@@ -9,6 +9,7 @@ from typing import Any
 from fabric_lite.accelerators import Accelerator
 from fabric_lite.environments.base import ClusterEnvironment
 from fabric_lite.precision.base import Precision
+from fabric_lite.plan.precision import PrecisionPlugin
 from fabric_lite.strategies.base import Strategy
 
 
@@ -38,6 +39,12 @@ class Plan:
     collective_timeout: float | None = None
     #: The Preemption plugin (utilities/preemption.py), if one was passed.
     preemption_instance: Any = field(default=None, repr=False, compare=False)
+    #: The precision plugin for (strategy family, precision), picked by ``plan/precision.py``.
+    precision_plugin: PrecisionPlugin | None = field(default=None, compare=False)
+    #: The torch.distributed backend of the process group, or "none".
+    backend: str = "none"
+    #: The strategy's family ("ddp", "fsdp", "deepspeed", "xla", "" for one plain process).
+    strategy_family: str = ""
 
     @property
     def num_devices(self) -> int:
@@ -53,6 +60,8 @@ class Plan:
             ("accelerator", self.accelerator),
             ("strategy", self.strategy),
             ("precision", self.precision),
+            ("precision_plugin", self.precision_plugin.name if self.precision_plugin is not None else "-"),
+            ("backend", self.backend),
             ("cluster_environment", self.cluster_environment),
             ("launcher", self.launcher),
             ("devices", ",".join(map(str, self.devices))),

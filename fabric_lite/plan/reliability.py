@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 from fabric_lite.errors import ConfigurationError, FabricEnvironmentError
@@ -39,8 +38,8 @@ def collective_timeout(env: Mapping[str, str], strategy_instance: Any, reasons: 
             f"{TIMEOUT_VARIABLE}={raw!r} is not a positive number of seconds. "
             f"Fix: {TIMEOUT_VARIABLE}=300 (or fabric-run --collective-timeout 300), or unset it for the default 30 minutes."
         )
-    if strategy_instance is not None and getattr(strategy_instance, "_timeout_given", False):
-        own = strategy_instance.timeout
+    own = strategy_instance.arguments.get("timeout") if strategy_instance is not None else None
+    if own is not None:
         if abs(own.total_seconds() - seconds) > 1e-6:
             name = type(strategy_instance).__name__
             raise ConfigurationError(
@@ -49,10 +48,6 @@ def collective_timeout(env: Mapping[str, str], strategy_instance: Any, reasons: 
             )
     reasons["collective_timeout"] = f"from {TIMEOUT_VARIABLE}={raw}"
     return seconds
-
-
-def as_timedelta(seconds: float) -> timedelta:
-    return timedelta(seconds=seconds)
 
 
 #: Integer variables a launcher sets for every process, as (name, lowest valid value).

@@ -8,6 +8,8 @@ branches on a concrete strategy type.
 from __future__ import annotations
 
 import contextlib
+import inspect
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
@@ -27,8 +29,72 @@ from fabric_lite.utilities.init import EmptyInit
 REDUCE_OPS = ("sum", "mean", "max", "min")
 
 
+class Arguments(Mapping[str, Any]):
+    """The keyword arguments a strategy was constructed with, as given (frozen, picklable).
+
+    The plan reads it to know what the user chose (a timeout, devices, an environment) and what it may fill in.
+
+    Example:
+        >>> from fabric_lite.strategies.single_device import SingleDeviceStrategy
+        >>> dict(SingleDeviceStrategy(device="cpu").arguments)
+        {'device': 'cpu'}
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_items", dict(items or {}))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Arguments are frozen")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self._items
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        object.__setattr__(self, "_items", dict(state))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Arguments({self._items!r})"
+
+
+def _given_arguments(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Arguments:
+    """What the caller passed to ``cls(...)``, by parameter name (a ``**kwargs`` parameter flattened)."""
+    signature = inspect.signature(cls.__init__)
+    try:
+        bound = signature.bind(None, *args, **kwargs)
+    except TypeError:  # __init__ raises the same error, with its own wording
+        return Arguments()
+    items: dict[str, Any] = {}
+    for position, (name, value) in enumerate(bound.arguments.items()):
+        if position == 0:
+            continue  # self
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            items.update(value)
+        else:
+            items[name] = value
+    return Arguments(items)
+
+
 class Strategy:
-    """Base strategy: one process, one device; collectives are identities with world-size shapes."""
+    """Base strategy: one process, one device; collectives are identities with world-size shapes.
+
+    ``strategy.arguments`` records the keywords it was constructed with: the plan fills in only the others.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Strategy:
+        self = super().__new__(cls)
+        self.arguments = _given_arguments(cls, args, kwargs)
+        return self
 
     name: str = ""
     #: True where a forward pass is itself a collective (parameters gathered from every rank, as in FSDP):
@@ -47,7 +113,6 @@ class Strategy:
     ) -> None:
         self.accelerator = accelerator
         self.precision = precision if precision is not None else Precision()
-        self._environment_given = cluster_environment is not None
         self.cluster_environment = cluster_environment if cluster_environment is not None else LocalEnvironment()
 
     # ----------------------------------------------------------------- identity

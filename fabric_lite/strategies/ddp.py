@@ -67,11 +67,9 @@ class DDPStrategy(Strategy):
                 f"DDPStrategy(start_method={start_method!r}) is not a known start method. "
                 f"Choose one of: popen, spawn, fork, forkserver."
             )
-        self._devices_given = bool(parallel_devices)
         self.parallel_devices = list(parallel_devices) if parallel_devices else [torch.device("cpu")]
         self.num_nodes = num_nodes
         self.process_group_backend = process_group_backend
-        self._timeout_given = timeout is not None and timeout is not DEFAULT_TIMEOUT
         self.timeout = check_timeout(timeout, type(self).__name__) if timeout is not None else DEFAULT_TIMEOUT
         self.start_method = start_method
         self.ddp_kwargs = kwargs

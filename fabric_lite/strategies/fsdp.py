@@ -26,13 +26,12 @@ from fabric_lite.checkpoint import sharded
 from fabric_lite.environments.base import ClusterEnvironment
 from fabric_lite.errors import ConfigurationError, choices_error
 from fabric_lite.precision.base import Precision
+from fabric_lite.precision.fsdp import FSDPPrecision
 from fabric_lite.strategies.ddp import DEFAULT_TIMEOUT, DDPStrategy, StartMethod
 
 STATE_DICT_TYPES = ("sharded", "full")
 #: A set of module classes, or a predicate on modules.
 ModulePolicy = Union[set[type[nn.Module]], Callable[[nn.Module], bool], None]
-#: Fabric precision -> the dtype FSDP casts parameters to for compute (gradients are reduced in fp32).
-_MIXED_PARAM_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 class _ClassPolicy:
@@ -80,7 +79,8 @@ class FSDPStrategy(DDPStrategy):
         The other arguments are DDPStrategy's (processes, backend, timeout, start method).
 
     Mixed precision follows the Fabric precision: ``bf16-mixed``/``16-mixed`` compute with bf16/fp16
-    parameters and reduce gradients in fp32; ``*-true`` precisions convert the module itself.
+    parameters and reduce gradients in fp32 (``precision/fsdp.py``, picked by the plan); ``*-true``
+    precisions convert the module itself.
 
     Example:
         >>> strategy = FSDPStrategy(auto_wrap_policy={nn.TransformerEncoderLayer}, state_dict_type="full")
@@ -146,7 +146,6 @@ class FSDPStrategy(DDPStrategy):
         if self._mesh is None:
             is_mesh = isinstance(self.device_mesh, DeviceMesh)
             self._mesh = self.device_mesh if is_mesh else init_device_mesh(self.root_device.type, shape, mesh_dim_names=names)
-        self._use_sharded_grad_scaler()
 
     def _mesh_shape(self, *, check_world: bool) -> tuple[tuple[int, ...], tuple[str, ...]]:
         spec = self.device_mesh
@@ -168,18 +167,6 @@ class FSDPStrategy(DDPStrategy):
                 f"equal the world size, e.g. device_mesh=(1, {self.world_size})."
             )
         return shape, ("replicate", "shard")
-
-    def _use_sharded_grad_scaler(self) -> None:
-        # With sharded gradients each rank sees only its shard's inf/nan: the skip decision must be all-reduced.
-        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-
-        scaler = getattr(self.precision, "scaler", None)
-        if scaler is None or isinstance(scaler, ShardedGradScaler):
-            return
-        replacement = ShardedGradScaler(device=self.root_device.type, enabled=scaler.is_enabled())
-        if scaler.is_enabled():
-            replacement.load_state_dict(scaler.state_dict())
-        self.precision.scaler = replacement  # type: ignore[attr-defined]
 
     def module_to_device(self, module: nn.Module) -> nn.Module:
         if _has_meta(module):
@@ -236,11 +223,12 @@ class FSDPStrategy(DDPStrategy):
         apply_activation_checkpointing(module, check_fn=self.activation_checkpointing_policy)
 
     def _shard(self, module: nn.Module) -> None:
-        dtype = _MIXED_PARAM_DTYPES.get(self.precision.name)
+        # FSDP's mixed precision casts the compute parameters; the true dtypes convert the module itself.
+        policy = self.precision.mixed_precision_policy() if isinstance(self.precision, FSDPPrecision) else None
         kwargs: dict[str, Any] = {
             "mesh": self._mesh,
             "reshard_after_forward": self.reshard_after_forward,
-            "mp_policy": MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy(),
+            "mp_policy": policy or MixedPrecisionPolicy(),
             "offload_policy": CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy(),
         }
         if self.auto_wrap_policy is not None:

@@ -157,7 +157,6 @@ class XLAStrategy(Strategy):
         num_nodes: int = 1,
     ) -> None:
         super().__init__(accelerator=accelerator, precision=precision, cluster_environment=cluster_environment)
-        self._devices_given = bool(parallel_devices)
         self.parallel_devices = list(parallel_devices) if parallel_devices else [torch.device("xla", 0)]
         self.num_nodes = num_nodes
         self.sync_module_states = sync_module_states

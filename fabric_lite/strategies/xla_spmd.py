@@ -60,7 +60,6 @@ class XLASPMDStrategy(Strategy):
         self.name = "xla_fsdp" if fsdp else "xla_spmd"
         self.axis = "fsdp" if fsdp else "data"  # SpmdFullyShardedDataParallel requires an axis named "fsdp"
         self.auto_wrap_policy = auto_wrap_policy
-        self._devices_given = bool(parallel_devices)
         self.parallel_devices = list(parallel_devices) if parallel_devices else []
         self.num_nodes = num_nodes
         self._mesh: Any = None
