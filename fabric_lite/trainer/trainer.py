@@ -28,6 +28,10 @@ from fabric_lite.trainer.results import Results
 class Trainer:
     """Run a :class:`~fabric_lite.trainer.LightningModule` (Lightning's Trainer flags; Fabric underneath).
 
+    Every flag reads as a property of ``trainer.config`` (``trainer.max_epochs``), and the run's state as a
+    property of ``trainer.state`` (``trainer.current_epoch``, ``trainer.callback_metrics``); both sets are made
+    at the end of this module from the fields of :class:`TrainerConfig` and ``loops.state.PUBLIC_FIELDS``.
+
     Example:
         >>> trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
         ...                   enable_progress_bar=False)

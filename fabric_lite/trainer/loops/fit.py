@@ -8,7 +8,7 @@ from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer import checkpointing
 from fabric_lite.trainer import preemption as preempt
 from fabric_lite.trainer.loops import setup
-from fabric_lite.trainer.loops.evaluation import run_sanity_check, run_validation
+from fabric_lite.trainer.loops.validation import run_sanity_check, run_validation
 from fabric_lite.trainer.loops.hooks import call_hook, call_step, finalize_loggers, log_metrics, log_step, on_exception, transfer_batch
 from fabric_lite.trainer.loops.optimization import automatic_step, update_schedulers
 from fabric_lite.trainer.states import get_rng, set_rng
