@@ -12,11 +12,11 @@ import importlib.util
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from fabric_lite.errors import FabricEnvironmentError, missing_package
+from fabric_lite.registry import ACCELERATORS  # names this module's classes as strings: no import back
 
 
 class Accelerator(ABC):
@@ -175,31 +175,21 @@ def _google_pci_devices() -> bool:
         return False
 
 
-ACCELERATORS: dict[str, type[Accelerator]] = {
-    "cpu": CPUAccelerator,
-    "cuda": CUDAAccelerator,
-    "mps": MPSAccelerator,
-    "xla": XLAAccelerator,
-}
-
-# The order in which accelerator="auto" tries them (DESIGN.md, "How choices are made").
+# The order in which accelerator="auto" tries them (ARCHITECTURE.md, "Where each decision is made").
 AUTO_ORDER = ("xla", "cuda", "mps", "cpu")
 # The strategies that run on XLA devices (registered in registry.py), and the only ones XLA devices run.
 XLA_STRATEGIES = ("single_xla", "xla", "xla_spmd", "xla_fsdp")
 
 
 def probe_available() -> dict[str, int]:
-    """Device counts for every accelerator present in this process (absent ones are left out)."""
+    """Device counts for every accelerator present in this process (absent ones are left out).
+
+    The classes come from the one accelerator table, ``registry.ACCELERATORS``.
+    """
     found: dict[str, int] = {}
     for name in AUTO_ORDER:
-        cls = ACCELERATORS[name]
+        cls = ACCELERATORS.get(name, asked=f"accelerator={name!r}").load()
         if name == "cpu" or cls.is_available():
             found[name] = cls.device_count()
     return found
 
-
-def accelerator_for(obj: Any) -> Accelerator:
-    """An accelerator instance for a name or an instance."""
-    if isinstance(obj, Accelerator):
-        return obj
-    return ACCELERATORS[obj]()

@@ -7,7 +7,7 @@ over with an import swap. Fabric never branches on a concrete strategy type: it 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -16,29 +16,33 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from fabric_lite import validation
 from fabric_lite.accelerators import Accelerator
-from fabric_lite.errors import ConfigurationError, UsageError
 from fabric_lite.build import instantiate, make_launcher
+from fabric_lite.checkpoint import orchestrate
 from fabric_lite.launchers.base import Launcher
 from fabric_lite.plan import Plan, resolve
 from fabric_lite.precision.base import Precision
 from fabric_lite.strategies.base import Strategy, validate_reduce_op
 from fabric_lite.utilities.apply_func import (
-    apply_to_collection,
-    convert_tensors_to_scalars,
-    convert_to_tensors,
-    move_data_to_device,
+    apply_to_collection, convert_tensors_to_scalars, convert_to_tensors, move_data_to_device,
 )
-from fabric_lite.utilities.data import optimizer_state_to, prepare_dataloader
+from fabric_lite.utilities.distributed import any_rank
+from fabric_lite.utilities.hooks import call_hooks
 from fabric_lite.utilities.rank_zero import rank_zero_only, rank_zero_warn
-from fabric_lite.utilities.resume import gather_loader_states
-from fabric_lite.utilities.seed import seed_everything as _seed_everything
-from fabric_lite.validation import check_dataloaders, check_launch_function, check_module, check_optimizers
-from fabric_lite.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, unwrap, wrap_optimizer
+from fabric_lite.utilities.seed import seed_everything as seed_processes
+from fabric_lite.wrappers import (
+    FabricModule, FabricOptimizer, setup_dataloader, setup_module_and_optimizers, unwrap, wrap_optimizer,
+)
 
 
 def _do_nothing(*_: Any, **__: Any) -> None:
     return None
+
+
+def _as_list(value: Any) -> list[Any]:
+    """None -> [], a list or tuple -> a list of its items, anything else -> a list of it."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 class Fabric:
@@ -63,32 +67,19 @@ class Fabric:
     """
 
     def __init__(
-        self,
-        *,
-        accelerator: str | Accelerator = "auto",
-        strategy: str | Strategy = "auto",
-        devices: list[int] | str | int = "auto",
-        num_nodes: int = 1,
-        precision: str | int | None = None,
-        plugins: Any = None,
-        callbacks: list[Any] | Any | None = None,
-        loggers: Any = None,
+        self, *, accelerator: str | Accelerator = "auto", strategy: str | Strategy = "auto",
+        devices: list[int] | str | int = "auto", num_nodes: int = 1, precision: str | int | None = None,
+        plugins: Any = None, callbacks: list[Any] | Any | None = None, loggers: Any = None,
     ) -> None:
         self._plan = resolve(
-            accelerator=accelerator,
-            strategy=strategy,
-            devices=devices,
-            num_nodes=num_nodes,
-            precision=precision,
+            accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes, precision=precision,
             plugins=plugins,
         )
         self._strategy: Strategy = instantiate(self._plan)
         self._precision: Precision = self._strategy.precision
         self._plain_backward = self._strategy.plain_backward()
-        callbacks = [] if callbacks is None else callbacks
-        self._callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-        loggers = [] if loggers is None else loggers
-        self._loggers = list(loggers) if isinstance(loggers, (list, tuple)) else [loggers]
+        self._callbacks = _as_list(callbacks)
+        self._loggers = _as_list(loggers)
         self._models_setup = 0
         self._optimizers_setup = 0
         self._launched = False
@@ -153,10 +144,7 @@ class Fabric:
     def logger(self) -> Any:
         """The first logger (the main one)."""
         if not self._loggers:
-            raise UsageError(
-                "fabric.logger was read, but this Fabric has no logger. "
-                "Fix: Fabric(loggers=CSVLogger('logs')) or Fabric(loggers=[...])."
-            )
+            raise validation.no_logger_error()
         return self._loggers[0]
 
     # ------------------------------------------------------------------------------ launching
@@ -166,20 +154,12 @@ class Fabric:
         In one process (or when fabric-run/torchrun already made the processes) this prepares the
         device and calls ``function`` directly. Calling it twice is harmless.
         """
-        check_launch_function(function, given=function is not _do_nothing)
+        validation.check_launch_function(function, given=function is not _do_nothing)
         if self._launched:
             # Processes exist already (fabric-run, torchrun, SLURM, or a second call): just run here.
             return None if function is _do_nothing else function(self, *args, **kwargs)
         self._launched = True
         return self._launcher.launch(None if function is _do_nothing else function, *args, fabric=self, **kwargs)
-
-    def _validate_launched(self, method: str) -> None:
-        if not self._launched and self._plan.launcher not in ("none", "external"):
-            raise UsageError(
-                f"fabric.{method}() was called before fabric.launch(), but Fabric(strategy={self._plan.strategy!r}) runs "
-                f"{self._plan.world_size} processes that launch() starts. Fix: call fabric.launch() right after "
-                f"Fabric(...) (or fabric.launch(train) for spawn/fork strategies)."
-            )
 
     def _setup_environment(self) -> None:
         if not self._environment_ready:
@@ -191,11 +171,7 @@ class Fabric:
 
     # ------------------------------------------------------------------------------ set-up
     def setup(
-        self,
-        module: nn.Module,
-        *optimizers: Optimizer,
-        scheduler: Any = None,
-        move_to_device: bool = True,
+        self, module: nn.Module, *optimizers: Optimizer, scheduler: Any = None, move_to_device: bool = True,
         _reapply_compile: bool = True,
     ) -> Any:
         """Set up a model and its optimizers; returns ``(model, *optimizers)`` (plus ``scheduler`` if given).
@@ -205,46 +181,32 @@ class Fabric:
             >>> model = torch.nn.Linear(3, 1)
             >>> model, opt = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
         """
-        check_module(module, "setup")
-        check_optimizers(optimizers, "setup")
-        self._validate_launched("setup")
+        validation.check_module(module, "setup")
+        validation.check_optimizers(optimizers, "setup")
+        validation.check_launched(self._plan, self._launched, "setup")
         self._setup_environment()
-        original = module
-        module = self._precision.convert_module(module)
-        if move_to_device:
-            module = self._move_to_device(module, optimizers)
-        if optimizers:
-            module, wrapped_optimizers = self._strategy.setup_module_and_optimizers(module, list(optimizers))
-        else:
-            module, wrapped_optimizers = self._strategy.setup_module(module), []
-        fabric_module = FabricModule(module, self._precision, original_module=original)
-        fabric_optimizers = [wrap_optimizer(o, self._strategy) for o in wrapped_optimizers]
+        fabric_module, fabric_optimizers = setup_module_and_optimizers(
+            self._strategy, module, optimizers, move_to_device=move_to_device
+        )
         self._models_setup += 1
         self._optimizers_setup += len(fabric_optimizers)
-        if not fabric_optimizers:
-            return fabric_module if scheduler is None else (fabric_module, scheduler)
-        result: tuple[Any, ...] = (fabric_module, *fabric_optimizers)
-        return result if scheduler is None else (*result, scheduler)
+        result: tuple[Any, ...] = (fabric_module, *fabric_optimizers, *(() if scheduler is None else (scheduler,)))
+        return result[0] if len(result) == 1 else result
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True, _reapply_compile: bool = True) -> FabricModule:
         """Set up a model alone (for inference, or strategies that need the model before the optimizer)."""
-        check_module(module, "setup_module")
+        validation.check_module(module, "setup_module")
         return self.setup(module, move_to_device=move_to_device)
 
     def setup_optimizers(self, *optimizers: Optimizer) -> FabricOptimizer | tuple[FabricOptimizer, ...]:
         """Set up optimizers created after :meth:`setup_module`."""
-        if not optimizers:
-            raise ConfigurationError("fabric.setup_optimizers() got no optimizer. Fix: fabric.setup_optimizers(optimizer).")
-        check_optimizers(optimizers, "setup_optimizers")
+        validation.check_optimizers(optimizers, "setup_optimizers", required=True)
         wrapped = [wrap_optimizer(self._strategy.setup_optimizer(o), self._strategy) for o in optimizers]
         self._optimizers_setup += len(wrapped)
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
     def setup_dataloaders(
-        self,
-        *dataloaders: DataLoader,
-        use_distributed_sampler: bool = True,
-        move_to_device: bool = True,
+        self, *dataloaders: DataLoader, use_distributed_sampler: bool = True, move_to_device: bool = True,
         even_batches: bool = True,
     ) -> Any:
         """Wrap dataloaders so that batches arrive on the device and, with several processes, each rank gets its part.
@@ -257,80 +219,43 @@ class Fabric:
                 DDP). ``False`` splits without repeats, so evaluation metrics summed with ``all_reduce`` count
                 each sample exactly once; ranks may then get one batch fewer.
         """
-        check_dataloaders(dataloaders)
-        self._validate_launched("setup_dataloaders")
+        validation.check_dataloaders(dataloaders)
+        validation.check_launched(self._plan, self._launched, "setup_dataloaders")
         self._setup_environment()
-        wrapped = [self._setup_dataloader(d, use_distributed_sampler, move_to_device, even_batches) for d in dataloaders]
+        wrapped = [
+            setup_dataloader(self._strategy, d, use_distributed_sampler=use_distributed_sampler,
+                             move_to_device=move_to_device, even_batches=even_batches)
+            for d in dataloaders
+        ]
         return wrapped[0] if len(wrapped) == 1 else wrapped
-
-    def _setup_dataloader(
-        self, dataloader: DataLoader, use_distributed_sampler: bool, move_to_device: bool, even_batches: bool
-    ) -> Any:
-        sampler_kwargs = self._strategy.distributed_sampler_kwargs if use_distributed_sampler else None
-        dataloader = prepare_dataloader(dataloader, sampler_kwargs, rank=self.global_rank, even_batches=even_batches)
-        dataloader = self._strategy.process_dataloader(dataloader)
-        device = self.device if move_to_device else None
-        return FabricDataLoader(dataloader, device=device, rank=self.global_rank, world_size=self.world_size)
-
-    def _move_to_device(self, module: nn.Module, optimizers: Sequence[Optimizer]) -> nn.Module:
-        module = self._strategy.module_to_device(module)
-        for optimizer in optimizers:  # state loaded before setup must follow the parameters
-            optimizer_state_to(optimizer, self.device)
-        return module
 
     # ------------------------------------------------------------------------------ training
     def backward(self, tensor: torch.Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
         """Use instead of ``loss.backward()``: applies loss scaling and strategy hooks."""
         if not self._models_setup:
-            raise UsageError(
-                "fabric.backward(loss) was called before fabric.setup(model, optimizer): the gradients would skip "
-                "loss scaling and, with several processes, would not be synchronised. Fix: model, optimizer = "
-                "fabric.setup(model, optimizer) before the training loop."
-            )
+            raise validation.backward_before_setup_error()
         if self._plain_backward:
             tensor.backward(*args, **kwargs)
             return
         if not self._optimizers_setup and self._precision.scales_loss():
-            # The loss is scaled (GradScaler): only an optimizer stepped through Fabric unscales the gradients.
-            raise UsageError(
-                f"fabric.backward(loss) under precision={self._plan.precision!r} multiplies the loss by the "
-                f"GradScaler's scale, but no optimizer was set up with Fabric, so optimizer.step() would apply "
-                f"gradients that are too large by that factor and the weights would become inf. Fix: model, "
-                f"optimizer = fabric.setup(model, optimizer) (or fabric.setup_optimizers(optimizer) after "
-                f"fabric.setup_module(model)), and step that optimizer."
-            )
+            raise validation.scaled_loss_without_optimizer_error(self._plan.precision)
         module = model._forward_module if isinstance(model, FabricModule) else model
         self._strategy.backward(tensor, module, *args, **kwargs)
 
     def clip_gradients(
-        self,
-        module: nn.Module | FabricModule,
-        optimizer: Optimizer | FabricOptimizer,
-        clip_val: float | int | None = None,
-        max_norm: float | int | None = None,
-        norm_type: float | int = 2.0,
-        error_if_nonfinite: bool = True,
+        self, module: nn.Module | FabricModule, optimizer: Optimizer | FabricOptimizer, clip_val: float | int | None = None,
+        max_norm: float | int | None = None, norm_type: float | int = 2.0, error_if_nonfinite: bool = True,
     ) -> torch.Tensor | None:
         """Clip gradients by value (``clip_val``) or by total norm (``max_norm``, returns the norm before clipping).
 
         Gradients are unscaled first when a GradScaler is active.
         """
-        if clip_val is not None and max_norm is not None:
-            raise ConfigurationError(
-                "fabric.clip_gradients(clip_val=..., max_norm=...) got both: they are two different algorithms. "
-                "Fix: pass only one of clip_val (by value) or max_norm (by norm)."
-            )
+        validation.check_clip_arguments(clip_val, max_norm)
         if clip_val is not None:
             self._strategy.clip_gradients_value(unwrap(module), unwrap(optimizer), clip_val=clip_val)
             return None
-        if max_norm is not None:
-            return self._strategy.clip_gradients_norm(
-                unwrap(module), unwrap(optimizer), max_norm=max_norm, norm_type=norm_type,
-                error_if_nonfinite=error_if_nonfinite,
-            )
-        raise ConfigurationError(
-            "fabric.clip_gradients(model, optimizer) needs clip_val or max_norm. "
-            "Fix: fabric.clip_gradients(model, optimizer, max_norm=1.0) or clip_val=0.5."
+        return self._strategy.clip_gradients_norm(
+            unwrap(module), unwrap(optimizer), max_norm=max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
         )
 
     def autocast(self) -> ContextManager[Any]:
@@ -366,9 +291,8 @@ class Fabric:
         device type (then a mismatch is undefined behaviour, as with raw ``torch.distributed.all_gather``).
         """
         data = convert_to_tensors(data, device=self.device)
-        return apply_to_collection(
-            data, torch.Tensor, self._strategy.all_gather, group=group, sync_grads=sync_grads, same_shape=same_shape
-        )
+        gather = self._strategy.all_gather
+        return apply_to_collection(data, torch.Tensor, gather, group=group, sync_grads=sync_grads, same_shape=same_shape)
 
     def all_reduce(self, data: Any, group: Any | None = None, reduce_op: str | Any = "mean") -> Any:
         """Reduce tensors (or numbers, or collections) across ranks with ``sum``, ``mean``, ``max`` or ``min``."""
@@ -390,11 +314,7 @@ class Fabric:
         """
         if self._preemption is None:
             return False
-        flag = self._preemption.flag
-        if self.world_size > 1:
-            vote = torch.tensor([1.0 if flag else 0.0], device=self.device)
-            flag = bool(self._strategy.all_reduce(vote, reduce_op="max").item() > 0)
-        return self._preemption.agree(flag)
+        return self._preemption.agree(any_rank(self._preemption.flag, self._strategy))
 
     @contextlib.contextmanager
     def rank_zero_first(self, local: bool = False) -> Generator[None, None, None]:
@@ -408,11 +328,7 @@ class Fabric:
 
     def no_backward_sync(self, module: FabricModule, enabled: bool = True) -> ContextManager[Any]:
         """Skip gradient synchronisation inside the block (gradient accumulation); a no-op in one process."""
-        if not isinstance(module, FabricModule):
-            raise ConfigurationError(
-                "fabric.no_backward_sync(model) needs the model returned by fabric.setup(...). "
-                "Fix: model = fabric.setup(model, ...); with fabric.no_backward_sync(model): ..."
-            )
+        validation.check_set_up_module(module, "no_backward_sync")
         if not enabled:
             return contextlib.nullcontext()
         return self._strategy.no_backward_sync(module._forward_module, enabled)
@@ -441,50 +357,28 @@ class Fabric:
 
         ``filter`` maps a state key to ``fn(name, value) -> bool`` selecting entries of that object's state dict.
         """
-        self._validate_launched("save")
-        # A set-up dataloader is saved with every rank's position and random state (one gather).
-        self._strategy.save_checkpoint(path, gather_loader_states(state, self.world_size), filter=filter)
-        self.barrier("save")
+        validation.check_launched(self._plan, self._launched, "save")
+        orchestrate.save(self._strategy, path, state, filter)
 
     def load(
-        self,
-        path: str | Path,
-        state: dict[str, Any] | None = None,
-        strict: bool = True,
-        *,
-        weights_only: bool = True,
+        self, path: str | Path, state: dict[str, Any] | None = None, strict: bool = True, *, weights_only: bool = True
     ) -> dict[str, Any]:
         """Restore ``state`` in place from ``path`` and return what the checkpoint held beyond it.
 
         With ``state=None`` the whole checkpoint is returned. ``weights_only=False`` allows arbitrary
         pickles: use it only for files you trust.
         """
-        self._validate_launched("load")
-        remainder = self._strategy.load_checkpoint(path, state, strict=strict, weights_only=weights_only)
-        self.barrier("load")
-        return remainder
+        validation.check_launched(self._plan, self._launched, "load")
+        return orchestrate.load(self._strategy, path, state, strict=strict, weights_only=weights_only)
 
     def load_raw(self, path: str | Path, obj: nn.Module | Optimizer, strict: bool = True, *, weights_only: bool = True) -> None:
         """Load a bare state dict (as written by ``torch.save(model.state_dict())``) into a module or optimizer."""
-        if not isinstance(unwrap(obj), (nn.Module, Optimizer)):
-            raise ConfigurationError(
-                f"fabric.load_raw(path, {type(obj).__name__}) only loads into a torch.nn.Module or an Optimizer. "
-                f"Fix: use fabric.load(path, {{'name': obj}}) for other objects."
-            )
-        self._strategy.load_checkpoint(path, obj, strict=strict, weights_only=weights_only)  # type: ignore[arg-type]
-        self.barrier("load_raw")
+        orchestrate.load_raw(self._strategy, path, obj, strict=strict, weights_only=weights_only)
 
     # ------------------------------------------------------------------------------ callbacks, logging
     def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
         """Call ``hook_name(*args, **kwargs)`` on every callback that defines it."""
-        for callback in self._callbacks:
-            method = getattr(callback, hook_name, None)
-            if method is None:
-                continue
-            if not callable(method):
-                rank_zero_warn(f"Skipping callback {type(callback).__name__}.{hook_name}: it is not callable.")
-                continue
-            method(*args, **kwargs)
+        call_hooks(self._callbacks, hook_name, *args, **kwargs)
 
     def log(self, name: str, value: Any, step: int | None = None) -> None:
         """Log one scalar (number or one-element tensor) to every logger."""
@@ -499,7 +393,7 @@ class Fabric:
     @staticmethod
     def seed_everything(seed: int | None = None, workers: bool | None = None, verbose: bool = True) -> int:
         """Seed Python, NumPy and torch; ``workers=True`` also seeds dataloader workers distinctly."""
-        return _seed_everything(seed, workers=bool(workers), verbose=verbose)
+        return seed_processes(seed, workers=bool(workers), verbose=verbose)
 
     def __repr__(self) -> str:
         return f"Fabric(strategy={self._strategy!r}, world_size={self.world_size})"

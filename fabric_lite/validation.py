@@ -10,7 +10,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from fabric_lite.errors import ConfigurationError
+from fabric_lite.errors import ConfigurationError, UsageError
 from fabric_lite.wrappers import FabricDataLoader, FabricModule, FabricOptimizer
 
 
@@ -27,8 +27,10 @@ def check_module(module: Any, method: str) -> None:
         )
 
 
-def check_optimizers(optimizers: Sequence[Any], method: str) -> None:
-    """Optimizers passed to setup/setup_optimizers: torch optimizers not set up before."""
+def check_optimizers(optimizers: Sequence[Any], method: str, *, required: bool = False) -> None:
+    """Optimizers passed to setup/setup_optimizers: torch optimizers not set up before (at least one if ``required``)."""
+    if required and not optimizers:
+        raise ConfigurationError(f"fabric.{method}() got no optimizer. Fix: fabric.{method}(optimizer).")
     for optimizer in optimizers:
         if isinstance(optimizer, FabricOptimizer):
             raise ConfigurationError(
@@ -79,3 +81,64 @@ def _accepts_an_argument(function: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):  # builtins without a signature: let the call decide
         return True
     return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters)
+
+
+def check_launched(plan: Any, launched: bool, method: str) -> None:
+    """fabric.<method>() before fabric.launch() when launch() still has processes to start."""
+    if not launched and plan.launcher not in ("none", "external"):
+        raise UsageError(
+            f"fabric.{method}() was called before fabric.launch(), but Fabric(strategy={plan.strategy!r}) runs "
+            f"{plan.world_size} processes that launch() starts. Fix: call fabric.launch() right after "
+            f"Fabric(...) (or fabric.launch(train) for spawn/fork strategies)."
+        )
+
+
+def backward_before_setup_error() -> UsageError:
+    """fabric.backward(loss) before any fabric.setup(model, ...)."""
+    return UsageError(
+        "fabric.backward(loss) was called before fabric.setup(model, optimizer): the gradients would skip "
+        "loss scaling and, with several processes, would not be synchronised. Fix: model, optimizer = "
+        "fabric.setup(model, optimizer) before the training loop."
+    )
+
+
+def scaled_loss_without_optimizer_error(precision: str) -> UsageError:
+    """fabric.backward(loss) scales the loss (GradScaler), but no optimizer set up with Fabric will unscale it."""
+    return UsageError(
+        f"fabric.backward(loss) under precision={precision!r} multiplies the loss by the "
+        f"GradScaler's scale, but no optimizer was set up with Fabric, so optimizer.step() would apply "
+        f"gradients that are too large by that factor and the weights would become inf. Fix: model, "
+        f"optimizer = fabric.setup(model, optimizer) (or fabric.setup_optimizers(optimizer) after "
+        f"fabric.setup_module(model)), and step that optimizer."
+    )
+
+
+def check_clip_arguments(clip_val: float | None, max_norm: float | None) -> None:
+    """fabric.clip_gradients(...): exactly one of clip_val and max_norm."""
+    if clip_val is not None and max_norm is not None:
+        raise ConfigurationError(
+            "fabric.clip_gradients(clip_val=..., max_norm=...) got both: they are two different algorithms. "
+            "Fix: pass only one of clip_val (by value) or max_norm (by norm)."
+        )
+    if clip_val is None and max_norm is None:
+        raise ConfigurationError(
+            "fabric.clip_gradients(model, optimizer) needs clip_val or max_norm. "
+            "Fix: fabric.clip_gradients(model, optimizer, max_norm=1.0) or clip_val=0.5."
+        )
+
+
+def check_set_up_module(module: Any, method: str) -> None:
+    """fabric.<method>(model) for methods that need the model fabric.setup returned."""
+    if not isinstance(module, FabricModule):
+        raise ConfigurationError(
+            f"fabric.{method}(model) needs the model returned by fabric.setup(...). "
+            f"Fix: model = fabric.setup(model, ...); with fabric.{method}(model): ..."
+        )
+
+
+def no_logger_error() -> UsageError:
+    """fabric.logger read on a Fabric made without loggers."""
+    return UsageError(
+        "fabric.logger was read, but this Fabric has no logger. "
+        "Fix: Fabric(loggers=CSVLogger('logs')) or Fabric(loggers=[...])."
+    )

@@ -1,4 +1,7 @@
-"""Thin wrappers returned by ``Fabric.setup*``: module (precision-aware forward), optimizer (strategy step), dataloader (device moves).
+"""Thin wrappers returned by ``Fabric.setup*`` (module, optimizer, dataloader) and the set-up steps that make them.
+
+The module runs its forward under the precision plugin, the optimizer steps through the strategy, the
+dataloader moves batches to the device and records its position for an exact resume.
 
 They cost as little as possible on the hot path: a full-precision forward is one extra Python
 call, and batches already on a CPU target are not walked at all.
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
@@ -17,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.utilities.apply_func import move_data_to_device
+from fabric_lite.utilities.data import optimizer_state_to, prepare_dataloader
 from fabric_lite.utilities.resume import LoaderProgress
 
 if TYPE_CHECKING:
@@ -271,3 +276,32 @@ def unwrap(obj: Any) -> Any:
     if isinstance(obj, FabricDataLoader):
         return obj._dataloader
     return obj
+
+
+def setup_module_and_optimizers(
+    strategy: Strategy, module: nn.Module, optimizers: Sequence[Optimizer], *, move_to_device: bool
+) -> tuple[FabricModule, list[FabricOptimizer]]:
+    """What ``fabric.setup`` does: convert to the precision, move, let the strategy wrap, then wrap for the user."""
+    precision = strategy.precision
+    original = module
+    module = precision.convert_module(module)
+    if move_to_device:
+        module = strategy.module_to_device(module)
+        for optimizer in optimizers:  # state loaded before setup must follow the parameters
+            optimizer_state_to(optimizer, strategy.root_device)
+    if optimizers:
+        module, wrapped = strategy.setup_module_and_optimizers(module, list(optimizers))
+    else:
+        module, wrapped = strategy.setup_module(module), []
+    return FabricModule(module, precision, original_module=original), [wrap_optimizer(o, strategy) for o in wrapped]
+
+
+def setup_dataloader(
+    strategy: Strategy, dataloader: DataLoader, *, use_distributed_sampler: bool, move_to_device: bool, even_batches: bool
+) -> FabricDataLoader:
+    """What ``fabric.setup_dataloaders`` does for one loader: give each rank its share, then move batches."""
+    sampler_kwargs = strategy.distributed_sampler_kwargs if use_distributed_sampler else None
+    dataloader = prepare_dataloader(dataloader, sampler_kwargs, rank=strategy.global_rank, even_batches=even_batches)
+    dataloader = strategy.process_dataloader(dataloader)
+    device = strategy.root_device if move_to_device else None
+    return FabricDataLoader(dataloader, device=device, rank=strategy.global_rank, world_size=strategy.world_size)

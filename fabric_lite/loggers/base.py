@@ -78,7 +78,63 @@ class Logger(ABC):
         self.save()
 
 
-class _DummyExperiment:
+class FolderLogger(Logger):
+    """A logger that writes into ``<root_dir>/<name>/<version>``: the name, version and folder logic loggers share.
+
+    Args:
+        root_dir: the folder that holds all experiments.
+        name: the experiment name; None or "" puts the version folders directly in ``root_dir``.
+        version: an int N gives folder ``version_N``, a str is the folder name, None picks the next free N.
+        prefix: put in front of every metric name, joined with :attr:`LOGGER_JOIN_CHAR`.
+
+    Example:
+        >>> import tempfile
+        >>> class Quiet(FolderLogger):
+        ...     def log_metrics(self, metrics, step=None): pass
+        ...     def log_hyperparams(self, params, *args, **kwargs): pass
+        >>> logger = Quiet(tempfile.mkdtemp(), name="demo", version=3)
+        >>> os.path.relpath(logger.log_dir, logger.root_dir)
+        'version_3'
+    """
+
+    LOGGER_JOIN_CHAR = "-"
+
+    def __init__(
+        self, root_dir: str | os.PathLike[str], name: str | None = "lightning_logs", version: int | str | None = None,
+        prefix: str = "",
+    ) -> None:
+        self._root_dir = os.fspath(root_dir)
+        self._name = name or ""
+        self._version = version
+        self._prefix = prefix
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        """The version; when none was given, the next free N is picked on first use and kept."""
+        if self._version is None:
+            self._version = next_version(self.root_dir)
+        return self._version
+
+    @property
+    def root_dir(self) -> str:
+        """The folder that holds the version folders: ``os.path.join(root_dir, name)``."""
+        return os.path.join(self._root_dir, self.name)
+
+    @property
+    def log_dir(self) -> str:
+        """The folder this run writes into: ``os.path.join(root_dir, name, version)``."""
+        return os.path.join(self.root_dir, version_folder(self.version))
+
+    def prefixed(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """``metrics`` with :attr:`prefix <FolderLogger>` and :attr:`LOGGER_JOIN_CHAR` in front of every key."""
+        return add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+
+
+class DummyExperiment:
     """Stands in for the real experiment object on processes other than global rank 0: every call does nothing."""
 
     def _nothing(self, *args: Any, **kwargs: Any) -> None:
@@ -87,7 +143,7 @@ class _DummyExperiment:
     def __getattr__(self, name: str) -> Callable[..., None]:
         return self._nothing
 
-    def __getitem__(self, index: Any) -> _DummyExperiment:
+    def __getitem__(self, index: Any) -> DummyExperiment:
         return self
 
 

@@ -18,16 +18,7 @@ from typing import IO, Any, Callable, Mapping
 import torch
 
 from fabric_lite.errors import ConfigurationError
-from fabric_lite.loggers.base import (
-    Logger,
-    _DummyExperiment,
-    add_prefix,
-    convert_params,
-    flatten_dict,
-    next_version,
-    to_python_scalars,
-    version_folder,
-)
+from fabric_lite.loggers.base import DummyExperiment, FolderLogger, convert_params, flatten_dict, to_python_scalars
 from fabric_lite.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 STEP_KEY = "step"
@@ -109,7 +100,7 @@ class _MetricsWriter:
         self.metrics = []
 
 
-class CSVLogger(Logger):
+class CSVLogger(FolderLogger):
     """Log metrics to a CSV file and hyperparameters to ``hparams.yaml`` (or ``hparams.json``).
 
     Files go to ``os.path.join(root_dir, name, version)``. ``metrics.csv`` has a ``step`` column and one
@@ -134,8 +125,6 @@ class CSVLogger(Logger):
         ['step,loss,acc', '0,0.25,0.75']
     """
 
-    LOGGER_JOIN_CHAR = "-"
-
     def __init__(
         self,
         root_dir: str | os.PathLike[str],
@@ -149,10 +138,7 @@ class CSVLogger(Logger):
                 f"CSVLogger(flush_logs_every_n_steps={flush_logs_every_n_steps!r}) is not a positive int. "
                 "Fix: pass 1 or more, e.g. flush_logs_every_n_steps=100."
             )
-        self._root_dir = os.fspath(root_dir)
-        self._name = name or ""
-        self._version = version
-        self._prefix = prefix
+        super().__init__(root_dir, name, version, prefix)
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
         self._experiment: _MetricsWriter | None = None
         self._num_logged = 0
@@ -160,35 +146,15 @@ class CSVLogger(Logger):
         self._hparams_format = "yaml" if importlib.util.find_spec("yaml") is not None else "json"
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        """The version; when none was given, the next free N is picked on first use and kept."""
-        if self._version is None:
-            self._version = next_version(self.root_dir)
-        return self._version
-
-    @property
-    def root_dir(self) -> str:
-        """The folder that holds the version folders: ``os.path.join(root_dir, name)``."""
-        return os.path.join(self._root_dir, self.name)
-
-    @property
-    def log_dir(self) -> str:
-        return os.path.join(self.root_dir, version_folder(self.version))
-
-    @property
     def hparams_file(self) -> str:
         """Path of the hyperparameter file: ``hparams.yaml`` if PyYAML is installed, else ``hparams.json``."""
         return os.path.join(self.log_dir, f"hparams.{self._hparams_format}")
 
     @property
-    def experiment(self) -> _MetricsWriter | _DummyExperiment:
+    def experiment(self) -> _MetricsWriter | DummyExperiment:
         """The metrics writer (a do-nothing stand-in on processes other than rank 0)."""
         if rank_zero_only.rank != 0:  # type: ignore[attr-defined]
-            return _DummyExperiment()
+            return DummyExperiment()
         if self._experiment is None:
             self._experiment = _MetricsWriter(self.log_dir)
         return self._experiment
@@ -200,7 +166,7 @@ class CSVLogger(Logger):
         Nested dicts become ``a/b`` columns.
         """
         metrics = flatten_dict(to_python_scalars(metrics), self.group_separator)
-        metrics = add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        metrics = self.prefixed(metrics)
         self.experiment.log_metrics(metrics, self._num_logged if step is None else step)
         self._num_logged += 1
         if self._num_logged % self._flush_logs_every_n_steps == 0:

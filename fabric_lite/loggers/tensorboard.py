@@ -17,16 +17,7 @@ import torch
 from torch import nn
 
 from fabric_lite.errors import ConfigurationError, missing_package
-from fabric_lite.loggers.base import (
-    Logger,
-    _DummyExperiment,
-    add_prefix,
-    convert_params,
-    flatten_dict,
-    next_version,
-    to_python_scalars,
-    version_folder,
-)
+from fabric_lite.loggers.base import DummyExperiment, FolderLogger, convert_params, flatten_dict, to_python_scalars
 from fabric_lite.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 if TYPE_CHECKING:
@@ -46,7 +37,7 @@ def _hparam_value(value: Any) -> bool | int | float | str:
     return str(value)
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(FolderLogger):
     """Log to TensorBoard event files in ``os.path.join(root_dir, name, version[, sub_dir])``.
 
     The ``tensorboardX.SummaryWriter`` (:attr:`experiment`) is created on the first write, and only
@@ -75,8 +66,6 @@ class TensorBoardLogger(Logger):
         'version_0'
     """
 
-    LOGGER_JOIN_CHAR = "-"
-
     def __init__(
         self,
         root_dir: str | os.PathLike[str],
@@ -89,36 +78,17 @@ class TensorBoardLogger(Logger):
     ) -> None:
         if importlib.util.find_spec("tensorboardX") is None:
             raise missing_package("tensorboardX", "tensorboard", "TensorBoardLogger")
-        self._root_dir = os.fspath(root_dir)
-        self._name = name or ""
-        self._version = version
+        super().__init__(root_dir, name, version, prefix)
         self._default_hp_metric = default_hp_metric
-        self._prefix = prefix
         self._sub_dir = None if sub_dir is None else os.fspath(sub_dir)
         self._kwargs = kwargs
         self._experiment: SummaryWriter | None = None
         self._num_logged = 0
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        """The version; when none was given, the next free N is picked on first use and kept."""
-        if self._version is None:
-            self._version = next_version(self.root_dir)
-        return self._version
-
-    @property
-    def root_dir(self) -> str:
-        """The folder that holds the version folders: ``os.path.join(root_dir, name)``."""
-        return os.path.join(self._root_dir, self.name)
-
-    @property
     def log_dir(self) -> str:
         """The folder the event files go to: ``root_dir/version[/sub_dir]``, with ``~`` and ``$VARS`` expanded."""
-        log_dir = os.path.join(self.root_dir, version_folder(self.version))
+        log_dir = super().log_dir
         if self._sub_dir is not None:
             log_dir = os.path.join(log_dir, self._sub_dir)
         return os.path.expandvars(os.path.expanduser(log_dir))
@@ -128,10 +98,10 @@ class TensorBoardLogger(Logger):
         return self._sub_dir
 
     @property
-    def experiment(self) -> SummaryWriter | _DummyExperiment:
+    def experiment(self) -> SummaryWriter | DummyExperiment:
         """The ``tensorboardX.SummaryWriter``, made on first use (a do-nothing stand-in on ranks other than 0)."""
         if rank_zero_only.rank != 0:  # type: ignore[attr-defined]
-            return _DummyExperiment()
+            return DummyExperiment()
         if self._experiment is None:
             from tensorboardX import SummaryWriter
 
@@ -144,7 +114,7 @@ class TensorBoardLogger(Logger):
 
         ``step`` defaults to the number of ``log_metrics`` calls made before this one.
         """
-        metrics = add_prefix(to_python_scalars(metrics), self._prefix, self.LOGGER_JOIN_CHAR)
+        metrics = self.prefixed(to_python_scalars(metrics))
         step = self._num_logged if step is None else step
         for key, value in metrics.items():
             if isinstance(value, Mapping) and all(isinstance(v, numbers.Real) for v in value.values()):
@@ -180,7 +150,7 @@ class TensorBoardLogger(Logger):
             metrics = {"hp_metric": metrics}
         if metrics:
             self.log_metrics(metrics, 0)
-        metric_names = add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        metric_names = self.prefixed(metrics)
         # Written to this run's own file writer: SummaryWriter.add_hparams would open a separate run folder.
         writer = self.experiment._get_file_writer()
         for summary in hparams(flat, metric_names):

@@ -14,7 +14,7 @@ from typing import Any
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
 from fabric_lite.errors import ConfigurationError
-from fabric_lite.utilities.seed import SEED_VARIABLE, WORKERS_VARIABLE, _WorkerInit
+from fabric_lite.utilities.seed import SEED_VARIABLE, WORKERS_VARIABLE, WorkerInit
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -148,7 +148,7 @@ def prepare_dataloader(
         sampler = distributed_sampler(dataloader, even_batches=even_batches, **sampler_kwargs)
         dataloader = with_sampler(dataloader, sampler)
     if os.environ.get(WORKERS_VARIABLE) == "1" and dataloader.num_workers > 0:
-        dataloader.worker_init_fn = _WorkerInit(rank, dataloader.worker_init_fn)
+        dataloader.worker_init_fn = WorkerInit(rank, dataloader.worker_init_fn)
     return dataloader
 
 

@@ -218,3 +218,17 @@ def port_in_use(address: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def any_rank(flag: bool, strategy: Any) -> bool:
+    """Whether ``flag`` is true on any rank: the same answer on every rank (one ``all_reduce(MAX)`` of one element).
+
+    In one process no collective runs. Example:
+        >>> from fabric_lite import Fabric
+        >>> any_rank(True, Fabric(accelerator="cpu").strategy)
+        True
+    """
+    if strategy.world_size <= 1:
+        return bool(flag)
+    vote = torch.tensor([1.0 if flag else 0.0], device=strategy.root_device)
+    return bool(strategy.all_reduce(vote, reduce_op="max").item() > 0)

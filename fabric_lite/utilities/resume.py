@@ -4,7 +4,7 @@ A loader's state (``loader.state_dict()``) holds, for one rank: the epochs start
 the epoch in progress, the random state at the start of that epoch, the process's random state now (Python,
 NumPy, torch, CUDA, the loader's and sampler's generators), each worker process's random state (Python, NumPy,
 torch) before its next batch, and a stateful IterableDataset's own ``state_dict()`` (each worker's copy's).
-``fabric.save`` gathers it from every rank into one entry (``{"world_size": W, "ranks": [...]}``); on
+``fabric.save`` gathers it from every rank into one entry (``checkpoint/orchestrate.py``) (``{"world_size": W, "ranks": [...]}``); on
 ``fabric.load`` each rank takes its own.
 
 Guarantee: the next ``iter(loader)`` after ``fabric.load`` continues the epoch that was in progress when
@@ -61,7 +61,7 @@ from fabric_lite.utilities.rng_state import capture_rng, draw_base_seed, loader_
 from fabric_lite.utilities.worker_rng import Tagged, WorkerStates, stateful_stream, tracks_workers, wrapped_for_pool
 
 FORMAT = 1
-#: Keys of the entry ``fabric.save`` writes for a loader: one state per rank.
+#: Keys of the entry ``fabric.save`` writes for a loader: one state per rank (``checkpoint/orchestrate.py``).
 RANKS_KEY = "ranks"
 WORLD_KEY = "world_size"
 _END = object()
@@ -387,43 +387,3 @@ def _known_length(dataloader: DataLoader) -> int | None:
         return len(dataloader)
     except TypeError:
         return None
-
-
-# ----------------------------------------------------------------------------- gathering across ranks
-class RankStates:
-    """Every rank's state of one object, gathered for a checkpoint that rank 0 writes.
-
-    Example:
-        >>> RankStates([{"position": 3}]).state_dict()
-        {'world_size': 1, 'ranks': [{'position': 3}]}
-    """
-
-    def __init__(self, states: list[Any]) -> None:
-        self.states = states
-
-    def state_dict(self) -> dict[str, Any]:
-        return {WORLD_KEY: len(self.states), RANKS_KEY: self.states}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.states = list(state[RANKS_KEY])
-
-
-def gather_loader_states(state: Any, world_size: int) -> Any:
-    """``state`` with every set-up dataloader replaced by the :class:`RankStates` of all ranks.
-
-    Every rank must call it with the same keys (``fabric.save`` does): with several processes it runs
-    one ``all_gather_object``. Without dataloaders in ``state`` it returns ``state`` itself.
-    """
-    from fabric_lite.wrappers import FabricDataLoader
-
-    if not isinstance(state, Mapping):
-        return state
-    keys = [key for key, value in state.items() if isinstance(value, FabricDataLoader)]
-    if not keys:
-        return state
-    local = {key: state[key].state_dict() for key in keys}
-    gathered: list[Any] = [local]
-    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        gathered = [None] * world_size
-        torch.distributed.all_gather_object(gathered, local)
-    return {**state, **{key: RankStates([entry[key] for entry in gathered]) for key in keys}}

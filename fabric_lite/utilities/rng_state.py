@@ -1,4 +1,9 @@
-"""Random state of a process and of a dataloader's generators, as plain values and tensors (``weights_only`` safe)."""
+"""Random state of a process and of a dataloader's generators, as plain values and tensors (``weights_only`` safe).
+
+The one place that captures and restores random state: ``capture_rng`` / ``restore_rng`` for a process (Python,
+NumPy, torch, CUDA) and, given a dataloader, the torch generators it and its samplers draw from. Used by the
+exact dataloader resume (``utilities/resume.py``, ``utilities/worker_rng.py``) and by the Trainer's checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+
+__all__ = ["capture_rng", "draw_base_seed", "loader_generators", "restore_rng"]
 
 
 def loader_generators(dataloader: DataLoader) -> list[torch.Generator]:
@@ -61,8 +68,15 @@ def capture_rng(dataloader: DataLoader | None = None, *, cuda: bool = True) -> d
     return state
 
 
-def restore_rng(state: Mapping[str, Any], dataloader: DataLoader | None = None, *, generators: bool = True) -> None:
-    """Put back what :func:`capture_rng` recorded (the loader's generators too when ``generators``)."""
+def restore_rng(
+    state: Mapping[str, Any] | None, dataloader: DataLoader | None = None, *, generators: bool = True
+) -> None:
+    """Put back what :func:`capture_rng` recorded (the loader's generators too when ``generators``).
+
+    ``None`` or an empty mapping (a checkpoint saved without random state) changes nothing.
+    """
+    if not state:
+        return
     version, internal, gauss = state["python"]
     random.setstate((int(version), tuple(int(v) for v in internal), gauss))
     torch.set_rng_state(state["torch"])
@@ -82,5 +96,6 @@ def restore_rng(state: Mapping[str, Any], dataloader: DataLoader | None = None, 
 
 
 def draw_base_seed(dataloader: DataLoader) -> None:
-    # What torch's _BaseDataLoaderIter.__init__ draws when an iterator (and so a worker pool) is made.
+    """Advance the random state by the draw torch makes when a loader's iterator (and worker pool) is made."""
+    # What torch's _BaseDataLoaderIter.__init__ draws (the workers' base seed).
     torch.empty((), dtype=torch.int64).random_(generator=dataloader.generator)

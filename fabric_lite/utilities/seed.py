@@ -93,7 +93,7 @@ def _seed_sequence(entropy: list[int]) -> list[int]:
     return torch.randint(0, 2**62, (3,), generator=generator).tolist()
 
 
-class _WorkerInit:
+class WorkerInit:
     """Picklable worker_init_fn: seeds the worker, then calls the user's own worker_init_fn if any."""
 
     def __init__(self, rank: int, user_fn: Any = None) -> None:

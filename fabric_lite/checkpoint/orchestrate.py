@@ -1,0 +1,84 @@
+"""What ``fabric.save`` / ``fabric.load`` do around the strategy: gather every rank's loader state, wait for all ranks.
+
+The strategy writes and reads the files (one file, a sharded folder, a DeepSpeed folder); this module holds the
+steps that are the same for every strategy, so that ``Fabric`` stays a thin facade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from fabric_lite.errors import ConfigurationError
+from fabric_lite.utilities.resume import RANKS_KEY, WORLD_KEY
+from fabric_lite.wrappers import FabricDataLoader, unwrap
+
+if TYPE_CHECKING:
+    from fabric_lite.strategies.base import Strategy
+
+
+class RankStates:
+    """Every rank's state of one object, gathered for a checkpoint that rank 0 writes.
+
+    Example:
+        >>> RankStates([{"position": 3}]).state_dict()
+        {'world_size': 1, 'ranks': [{'position': 3}]}
+    """
+
+    def __init__(self, states: list[Any]) -> None:
+        self.states = states
+
+    def state_dict(self) -> dict[str, Any]:
+        return {WORLD_KEY: len(self.states), RANKS_KEY: self.states}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.states = list(state[RANKS_KEY])
+
+
+def gather_loader_states(state: Any, world_size: int) -> Any:
+    """``state`` with every set-up dataloader replaced by the :class:`RankStates` of all ranks.
+
+    Every rank must call it with the same keys (``fabric.save`` does): with several processes it runs
+    one ``all_gather_object``. Without dataloaders in ``state`` it returns ``state`` itself.
+    """
+    if not isinstance(state, Mapping):
+        return state
+    keys = [key for key, value in state.items() if isinstance(value, FabricDataLoader)]
+    if not keys:
+        return state
+    local = {key: state[key].state_dict() for key in keys}
+    gathered: list[Any] = [local]
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered = [None] * world_size
+        torch.distributed.all_gather_object(gathered, local)
+    return {**state, **{key: RankStates([entry[key] for entry in gathered]) for key in keys}}
+
+
+def save(
+    strategy: Strategy, path: str | Path, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None
+) -> None:
+    """``fabric.save``: a set-up dataloader goes in with every rank's position and random state (one gather)."""
+    strategy.save_checkpoint(path, gather_loader_states(state, strategy.world_size), filter=filter)
+    strategy.barrier(name="save")
+
+
+def load(strategy: Strategy, path: str | Path, state: Any, *, strict: bool, weights_only: bool, name: str = "load") -> Any:
+    """``fabric.load`` (and ``load_raw`` with a bare module or optimizer as ``state``): restore, then wait for all."""
+    remainder = strategy.load_checkpoint(path, state, strict=strict, weights_only=weights_only)
+    strategy.barrier(name=name)
+    return remainder
+
+
+def load_raw(strategy: Strategy, path: str | Path, obj: Any, *, strict: bool, weights_only: bool) -> None:
+    """``fabric.load_raw``: a bare state dict (``torch.save(model.state_dict())``) into a module or optimizer."""
+    if not isinstance(unwrap(obj), (nn.Module, Optimizer)):
+        raise ConfigurationError(
+            f"fabric.load_raw(path, {type(obj).__name__}) only loads into a torch.nn.Module or an Optimizer. "
+            f"Fix: use fabric.load(path, {{'name': obj}}) for other objects."
+        )
+    load(strategy, path, obj, strict=strict, weights_only=weights_only, name="load_raw")
