@@ -6,12 +6,11 @@ instance is re-made from the arguments it was given (``strategy.arguments``) plu
 
 from __future__ import annotations
 
-import inspect
 from datetime import timedelta
 from typing import Any
 
 from fabric_lite.plan.model import Plan
-from fabric_lite.registry import ACCELERATORS, ENVIRONMENTS, LAUNCHERS, STRATEGIES
+from fabric_lite.registry import ACCELERATORS, ENVIRONMENTS, LAUNCHERS, STRATEGIES, accepted_parameters
 from fabric_lite.strategies.base import Strategy
 
 
@@ -49,7 +48,7 @@ def instantiate(plan: Plan) -> Strategy:
     else:
         overrides.add("num_nodes")
     fill = {k: v for k, v in planned.items() if k in overrides or given.get(k) is None}
-    accepted = inspect.signature(type(user).__init__).parameters
+    accepted = accepted_parameters(type(user))
     return type(user)(**{**given, **{k: v for k, v in fill.items() if k in accepted}})
 
 

@@ -33,10 +33,16 @@ class Entry:
     def create(self, **context: Any) -> Any:
         """Call the factory with its registered arguments plus those of ``context`` it accepts."""
         factory = self.load()
-        # Only named parameters receive context: a factory's **kwargs may mean something else (DDP's options).
-        parameters = inspect.signature(factory).parameters
-        accepted = {k: v for k, v in context.items() if k in parameters}
+        accepted = {k: v for k, v in context.items() if k in accepted_parameters(factory)}
         return factory(**{**accepted, **self.kwargs})
+
+
+def accepted_parameters(factory: Callable[..., Any]) -> set[str]:
+    """The keyword names a factory takes by name: its named parameters, and for a class whose ``**kwargs`` forward
+    its base's arguments, those (``positional_arguments``). Other ``**kwargs`` may mean something else (DDP's options).
+    """
+    named = set(inspect.signature(factory).parameters)
+    return named | set(getattr(factory, "positional_arguments", ()))
 
 
 class Registry:

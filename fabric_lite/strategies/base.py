@@ -78,11 +78,33 @@ def _given_arguments(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     for position, (name, value) in enumerate(bound.arguments.items()):
         if position == 0:
             continue  # self
-        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
             items.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:  # forwarded to a base class: named by its order
+            items.update(zip(getattr(cls, "positional_arguments", ()), value))
         else:
             items[name] = value
     return Arguments(items)
+
+
+#: The device arguments of the strategies without a process group (XLA, XLA-SPMD), in Lightning's positional order.
+DEVICE_ARGUMENTS = ("accelerator", "parallel_devices", "cluster_environment", "precision")
+
+
+def device_arguments(owner: type, names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``args`` named in the order ``names`` plus ``kwargs`` (only those names): the shared device arguments that a
+    strategy takes with ``*args, **devices`` instead of re-declaring them. Misuse raises Python's usual TypeError."""
+    if len(args) > len(names):
+        raise TypeError(f"{owner.__name__}() takes at most {len(names)} positional arguments ({len(args)} given)")
+    named = dict(zip(names, args))
+    for key, value in kwargs.items():
+        if key not in names:
+            raise TypeError(f"{owner.__name__}() got an unexpected keyword argument {key!r}")
+        if key in named:
+            raise TypeError(f"{owner.__name__}() got multiple values for argument {key!r}")
+        named[key] = value
+    return named
 
 
 class Strategy:

@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO (stages 0-3, optional CPU/NVMe offload): the engine owns wrapping, backward, step and checkpoints.
 
-Processes, rendezvous and collectives are DDP's (inherited): the process group is made the same
+Processes, rendezvous and collectives are ParallelStrategy's (inherited): the process group is made the same
 way and DeepSpeed is told that it exists. The options live in ``deepspeed_config.py``, the precision
 plugin in ``precision/deepspeed.py``, the checkpoint folders in ``checkpoint/deepspeed.py``.
 ``deepspeed`` is imported only inside methods, so that ``import fabric_lite`` never pays for it.
@@ -31,8 +31,8 @@ from fabric_lite.checkpoint.deepspeed import (  # noqa: F401  re-exported: the n
 from fabric_lite.environments.base import ClusterEnvironment
 from fabric_lite.errors import ConfigurationError, UsageError, missing_package
 from fabric_lite.precision.base import Precision
-from fabric_lite.precision.deepspeed import PRECISION_SECTIONS, DeepSpeedPrecision, deepspeed_precision  # noqa: F401
-from fabric_lite.strategies.ddp import DEFAULT_TIMEOUT, DDPStrategy, StartMethod
+from fabric_lite.precision.deepspeed import DeepSpeedPrecision, deepspeed_precision  # noqa: F401
+from fabric_lite.strategies.parallel import ParallelStrategy
 from fabric_lite.strategies.deepspeed_config import DeepSpeedConfig, load_config
 from fabric_lite.utilities.rank_zero import rank_zero_warn
 from fabric_lite.wrappers import FabricModule, FabricOptimizer
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
 
-class DeepSpeedStrategy(DDPStrategy):
+class DeepSpeedStrategy(ParallelStrategy):
     """Train with a DeepSpeed engine: ZeRO sharding of optimizer state (stage 1), gradients (2) and parameters (3).
 
     Args:
@@ -66,8 +66,7 @@ class DeepSpeedStrategy(DDPStrategy):
             ``loss_scale=0`` means dynamic.
         exclude_frozen_parameters: leave parameters without gradients out of checkpoints.
         logging_level: the level of DeepSpeed's own logger (its INFO output is very chatty).
-        accelerator, parallel_devices, cluster_environment, precision, process_group_backend, timeout,
-            start_method, num_nodes: as DDPStrategy (filled in by the plan when omitted).
+        **processes: ParallelStrategy's process arguments by keyword (filled in by the plan when omitted).
 
     Gradient accumulation: with ``gradient_accumulation_steps=N`` call ``fabric.backward(loss)`` and
     ``optimizer.step()`` on every micro-batch; the engine updates on every N-th and zeroes the gradients
@@ -108,14 +107,7 @@ class DeepSpeedStrategy(DDPStrategy):
         min_loss_scale: int = 1,
         exclude_frozen_parameters: bool = False,
         logging_level: int = logging.WARNING,
-        accelerator: Accelerator | None = None,
-        parallel_devices: list[torch.device] | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        precision: Precision | None = None,
-        process_group_backend: str | None = None,
-        timeout: timedelta | None = DEFAULT_TIMEOUT,
-        start_method: StartMethod = "popen",
-        num_nodes: int = 1,
+        **processes: Any,
     ) -> None:
         if not deepspeed_available():
             raise missing_package("deepspeed", "deepspeed", "DeepSpeedStrategy")
@@ -136,13 +128,11 @@ class DeepSpeedStrategy(DDPStrategy):
             },
             exclude_frozen_parameters=exclude_frozen_parameters, logging_level=logging_level,
         )
-        super().__init__(
-            accelerator=accelerator, parallel_devices=parallel_devices, cluster_environment=cluster_environment,
-            precision=deepspeed_precision(precision) if precision is not None else None,
-            process_group_backend=process_group_backend, timeout=timeout, start_method=start_method, num_nodes=num_nodes,
-        )
-        if accelerator is not None:
-            self._check_precision(accelerator.name)
+        if processes.get("precision") is not None:
+            processes["precision"] = deepspeed_precision(processes["precision"])
+        super().__init__(**processes)
+        if self.accelerator is not None:
+            self.options.check_precision(self.precision.name, self.accelerator.name)
         self._engines: list[DeepSpeedEngine] = []
         self._trained: set[int] = set()  # ids of engines set up with an optimizer
         self._micro_batch_size: int | None = None  # from the first dataloader, when it comes before the model
@@ -178,35 +168,13 @@ class DeepSpeedStrategy(DDPStrategy):
         """
         return self.options.engine_config(self.precision.name, micro_batch_size=self._micro_batch_size, training=training)
 
-    # ------------------------------------------------------------------ precision
-    def _check_precision(self, device_type: str) -> None:
-        """fp16 needs CUDA; a config that enables a dtype must agree with the Fabric precision."""
-        name = self.precision.name
-        wanted = PRECISION_SECTIONS.get(name)
-        sections = self.options.enabled_sections()
-        if ("fp16" in sections or wanted == "fp16") and device_type != "cuda":
-            asked = f"precision={name!r}" if wanted == "fp16" else "config={'fp16': {'enabled': True}}"
-            raise ConfigurationError(
-                f"Fabric(strategy=DeepSpeedStrategy(...), {asked}) cannot run on {device_type}: DeepSpeed's fp16 mode "
-                f"(float16 weights with loss scaling) works on CUDA devices only. Fix: precision='bf16-mixed' "
-                f"(or '32-true') on {device_type}, or accelerator='cuda'."
-            )
-        if sections and sections != [wanted]:
-            enabled = ", ".join(f"{s!r}: {{'enabled': True}}" for s in sections)
-            raise ConfigurationError(
-                f"DeepSpeedStrategy(config={{{enabled}}}) conflicts with Fabric(precision={name!r}): the engine would "
-                f"hold {'/'.join(sections)} weights while Fabric casts inputs for {name}. Fix: "
-                f"precision='{'bf16-mixed' if sections == ['bf16'] else '16-mixed'}', or remove the section from the "
-                f"config and let the precision fill it in."
-            )
-
     # ------------------------------------------------------------------ set-up
     def setup_environment(self) -> None:
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
         deepspeed.utils.logging.logger.setLevel(self.options.logging_level)
-        self._check_precision(self.root_device.type)
+        self.options.check_precision(self.precision.name, self.root_device.type)
         check_same_device(self.root_device.type, get_accelerator().device_name())
         # DeepSpeed's engine reads the local rank from this variable (engine.py, _set_distributed_vars);
         # our launchers set it, a single process without a launcher does not.

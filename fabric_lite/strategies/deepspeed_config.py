@@ -88,6 +88,26 @@ class DeepSpeedConfig:
         """The half-precision sections (``bf16``, ``fp16``) the user's config enables."""
         return [s for s in ("bf16", "fp16") if enabled((self.config or {}).get(s))]
 
+    def check_precision(self, name: str, device_type: str) -> None:
+        """fp16 needs CUDA; a config that enables a dtype must agree with the Fabric precision."""
+        wanted = PRECISION_SECTIONS.get(name)
+        sections = self.enabled_sections()
+        if ("fp16" in sections or wanted == "fp16") and device_type != "cuda":
+            asked = f"precision={name!r}" if wanted == "fp16" else "config={'fp16': {'enabled': True}}"
+            raise ConfigurationError(
+                f"Fabric(strategy=DeepSpeedStrategy(...), {asked}) cannot run on {device_type}: DeepSpeed's fp16 mode "
+                f"(float16 weights with loss scaling) works on CUDA devices only. Fix: precision='bf16-mixed' "
+                f"(or '32-true') on {device_type}, or accelerator='cuda'."
+            )
+        if sections and sections != [wanted]:
+            enabled = ", ".join(f"{s!r}: {{'enabled': True}}" for s in sections)
+            raise ConfigurationError(
+                f"DeepSpeedStrategy(config={{{enabled}}}) conflicts with Fabric(precision={name!r}): the engine would "
+                f"hold {'/'.join(sections)} weights while Fabric casts inputs for {name}. Fix: "
+                f"precision='{'bf16-mixed' if sections == ['bf16'] else '16-mixed'}', or remove the section from the "
+                f"config and let the precision fill it in."
+            )
+
     def engine_config(self, precision: str, *, micro_batch_size: int | None = None, training: bool = True) -> dict[str, Any]:
         """The config handed to ``deepspeed.initialize``: the user's (or a made one), completed."""
         config = copy.deepcopy(dict(self.config)) if self.config is not None else {"zero_optimization": self.zero_section()}

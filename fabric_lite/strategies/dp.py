@@ -7,10 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fabric_lite.accelerators import Accelerator
-from fabric_lite.environments.base import ClusterEnvironment
-from fabric_lite.precision.base import Precision
-from fabric_lite.strategies.base import Strategy
+from fabric_lite.strategies.base import Strategy, device_arguments
 
 
 class DataParallelStrategy(Strategy):
@@ -21,14 +18,14 @@ class DataParallelStrategy(Strategy):
 
     name = "dp"
 
-    def __init__(
-        self,
-        accelerator: Accelerator | None = None,
-        parallel_devices: list[torch.device] | None = None,
-        precision: Precision | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-    ) -> None:
-        super().__init__(accelerator=accelerator, precision=precision, cluster_environment=cluster_environment)
+    #: Lightning's positional order for DataParallelStrategy (precision before the environment).
+    positional_arguments = ("accelerator", "parallel_devices", "precision", "cluster_environment")
+
+    def __init__(self, *args: Any, **devices: Any) -> None:
+        """Args: accelerator, parallel_devices, precision, cluster_environment (positional or keyword)."""
+        given = device_arguments(type(self), self.positional_arguments, args, devices)
+        parallel_devices = given.pop("parallel_devices", None)
+        super().__init__(**given)
         self.parallel_devices = list(parallel_devices or [torch.device("cuda", 0)])
 
     @property

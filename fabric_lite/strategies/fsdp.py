@@ -1,6 +1,6 @@
 """FSDP2: parameters, gradients and optimizer state sharded over a DeviceMesh with ``fully_shard``.
 
-Processes, rendezvous and collectives are DDP's (inherited); this file adds the sharding, the
+Processes, rendezvous and collectives are ParallelStrategy's (inherited); this file adds the sharding, the
 optimizer re-binding, meta-device materialisation, global-norm clipping and DCP checkpoints.
 """
 
@@ -27,7 +27,7 @@ from fabric_lite.environments.base import ClusterEnvironment
 from fabric_lite.errors import ConfigurationError, choices_error
 from fabric_lite.precision.base import Precision
 from fabric_lite.precision.fsdp import FSDPPrecision
-from fabric_lite.strategies.ddp import DEFAULT_TIMEOUT, DDPStrategy, StartMethod
+from fabric_lite.strategies.parallel import ParallelStrategy
 
 STATE_DICT_TYPES = ("sharded", "full")
 #: A set of module classes, or a predicate on modules.
@@ -63,7 +63,7 @@ def _module_policy(policy: Any, argument: str) -> Callable[[nn.Module], bool] | 
     )
 
 
-class FSDPStrategy(DDPStrategy):
+class FSDPStrategy(ParallelStrategy):
     """Fully sharded data parallel on FSDP2 (``torch.distributed.fsdp.fully_shard``), one process per device.
 
     Args:
@@ -76,7 +76,7 @@ class FSDPStrategy(DDPStrategy):
             an int ``n`` means ``(world_size // n, n)``; a ``DeviceMesh`` is used as is.
         state_dict_type: ``"sharded"`` saves one folder of shards through torch.distributed.checkpoint;
             ``"full"`` gathers one file on rank 0.
-        The other arguments are DDPStrategy's (processes, backend, timeout, start method).
+        The process arguments (positional, or by keyword) are ParallelStrategy's: devices, backend, timeout, ...
 
     Mixed precision follows the Fabric precision: ``bf16-mixed``/``16-mixed`` compute with bf16/fp16
     parameters and reduce gradients in fp32 (``precision/fsdp.py``, picked by the plan); ``*-true``
@@ -94,27 +94,16 @@ class FSDPStrategy(DDPStrategy):
 
     def __init__(
         self,
-        accelerator: Accelerator | None = None,
-        parallel_devices: list[torch.device] | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        precision: Precision | None = None,
-        process_group_backend: str | None = None,
-        timeout: timedelta | None = DEFAULT_TIMEOUT,
-        start_method: StartMethod = "popen",
-        num_nodes: int = 1,
-        *,
+        *args: Any,
         auto_wrap_policy: ModulePolicy = None,
         activation_checkpointing_policy: ModulePolicy = None,
         reshard_after_forward: bool | int = True,
         cpu_offload: bool = False,
         device_mesh: tuple[int, int] | int | Any = None,
         state_dict_type: str = "sharded",
+        **processes: Any,
     ) -> None:
-        super().__init__(
-            accelerator=accelerator, parallel_devices=parallel_devices, cluster_environment=cluster_environment,
-            precision=precision, process_group_backend=process_group_backend, timeout=timeout,
-            start_method=start_method, num_nodes=num_nodes,
-        )
+        super().__init__(*args, **processes)
         if state_dict_type not in STATE_DICT_TYPES:
             raise choices_error(
                 f"FSDPStrategy(state_dict_type={state_dict_type!r})", "state dict type", STATE_DICT_TYPES,

@@ -34,7 +34,7 @@ from fabric_lite.environments.base import ClusterEnvironment
 from fabric_lite.environments.xla import XLAEnvironment
 from fabric_lite.errors import ConfigurationError, UsageError
 from fabric_lite.precision.base import Precision
-from fabric_lite.strategies.base import Strategy, validate_reduce_op
+from fabric_lite.strategies.base import DEVICE_ARGUMENTS, Strategy, device_arguments, validate_reduce_op
 from fabric_lite.utilities.apply_func import apply_to_collection
 
 _XM_OPS = {"sum": "sum", "mean": "sum", "max": "max", "min": "min"}
@@ -133,7 +133,7 @@ class XLAStrategy(Strategy):
     ``train(fabric)`` in every replica; with one device it runs in this process.
 
     Args:
-        accelerator, parallel_devices, cluster_environment, precision: filled in by the plan.
+        accelerator, parallel_devices, cluster_environment, precision: filled in by the plan (positional or keyword).
         sync_module_states: broadcast rank 0's parameters to every replica in ``setup`` (default True).
         start_method: ``"xla"``: the processes are made by torch_xla's launcher (the plan reads it).
         num_nodes: number of hosts.
@@ -145,18 +145,14 @@ class XLAStrategy(Strategy):
 
     name = "xla"
 
+    positional_arguments = DEVICE_ARGUMENTS
+
     def __init__(
-        self,
-        accelerator: Accelerator | None = None,
-        parallel_devices: list[torch.device] | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        precision: Precision | None = None,
-        *,
-        sync_module_states: bool = True,
-        start_method: str = "xla",
-        num_nodes: int = 1,
+        self, *args: Any, sync_module_states: bool = True, start_method: str = "xla", num_nodes: int = 1, **devices: Any
     ) -> None:
-        super().__init__(accelerator=accelerator, precision=precision, cluster_environment=cluster_environment)
+        given = device_arguments(type(self), self.positional_arguments, args, devices)
+        parallel_devices = given.pop("parallel_devices", None)
+        super().__init__(**given)
         self.parallel_devices = list(parallel_devices) if parallel_devices else [torch.device("xla", 0)]
         self.num_nodes = num_nodes
         self.sync_module_states = sync_module_states

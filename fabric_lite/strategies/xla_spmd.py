@@ -20,11 +20,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from fabric_lite.accelerators import Accelerator
-from fabric_lite.environments.base import ClusterEnvironment
 from fabric_lite.errors import ConfigurationError, UsageError
-from fabric_lite.precision.base import Precision
-from fabric_lite.strategies.base import Strategy
+from fabric_lite.strategies.base import DEVICE_ARGUMENTS, Strategy, device_arguments
 from fabric_lite.strategies.xla import move_module, save_from_rank_zero
 from fabric_lite.utilities.apply_func import apply_to_collection
 
@@ -44,18 +41,15 @@ class XLASPMDStrategy(Strategy):
         'xla_fsdp'
     """
 
+    positional_arguments = DEVICE_ARGUMENTS
+
     def __init__(
-        self,
-        accelerator: Accelerator | None = None,
-        parallel_devices: list[torch.device] | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        precision: Precision | None = None,
-        *,
-        fsdp: bool = False,
-        auto_wrap_policy: Callable[..., bool] | None = None,
-        num_nodes: int = 1,
+        self, *args: Any, fsdp: bool = False, auto_wrap_policy: Callable[..., bool] | None = None, num_nodes: int = 1,
+        **devices: Any,
     ) -> None:
-        super().__init__(accelerator=accelerator, precision=precision, cluster_environment=cluster_environment)
+        given = device_arguments(type(self), self.positional_arguments, args, devices)
+        parallel_devices = given.pop("parallel_devices", None)
+        super().__init__(**given)
         self.fsdp = fsdp
         self.name = "xla_fsdp" if fsdp else "xla_spmd"
         self.axis = "fsdp" if fsdp else "data"  # SpmdFullyShardedDataParallel requires an axis named "fsdp"

@@ -10,7 +10,7 @@ from torch import nn
 
 from fabric_lite import Fabric
 from fabric_lite.errors import ConfigurationError
-from fabric_lite.precision import MixedPrecision
+from fabric_lite.precision import HalfPrecision, MixedPrecision
 
 
 class Probe(nn.Module):
@@ -183,3 +183,22 @@ def test_explicit_scaler_is_used():
     scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
     fabric = Fabric(accelerator="cpu", plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
     assert fabric.strategy.precision.scaler is scaler and fabric.plan.precision == "16-mixed"
+
+
+def test_fsdp_precision_owns_the_sharded_grad_scaler():
+    """precision/fsdp.py, not the FSDP strategy, makes the ShardedGradScaler and FSDP's compute dtype."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    from fabric_lite.plugins import FSDPPrecision
+    from fabric_lite.precision.fsdp import fsdp_precision
+
+    plugin = FSDPPrecision("16-mixed", "cpu")
+    assert isinstance(plugin.scaler, ShardedGradScaler) and plugin.scales_loss()
+    assert plugin.mixed_precision_policy().param_dtype == torch.float16
+    assert FSDPPrecision("bf16-mixed", "cpu").scaler is None
+    given = MixedPrecision("16-mixed", "cpu")
+    adapted = fsdp_precision(given)
+    assert isinstance(adapted, FSDPPrecision) and isinstance(adapted.scaler, ShardedGradScaler)
+    assert type(given.scaler) is torch.amp.GradScaler  # the user's plugin is left as it was
+    true = HalfPrecision("bf16-true")  # a true precision converts the module itself, also under FSDP
+    assert fsdp_precision(true) is true
