@@ -8,6 +8,8 @@ checkpointing, preemption and the tuner read the public properties below.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 from typing import Any
@@ -214,7 +216,11 @@ class Trainer:
 
 
 def _config_view(name: str) -> property:
-    return property(lambda self: getattr(self.config, name), doc=f"The resolved ``Trainer({name}=...)`` flag.")
+    def set_value(self: Trainer, value: Any) -> None:
+        # Flags stayed assignable (trainer.limit_val_batches = 0, as Lightning users write): a new frozen config.
+        self.config = dataclasses.replace(self.config, **{name: value})
+
+    return property(lambda self: getattr(self.config, name), set_value, doc=f"The resolved ``Trainer({name}=...)`` flag.")
 
 
 def _state_view(name: str) -> property:
