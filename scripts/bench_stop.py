@@ -9,7 +9,7 @@ Cases (rank 1 never reaches the all_reduce that rank 0 waits in, or never joins 
 
 A case that has not stopped after ``--limit`` seconds counts as ``--limit`` (and is then killed).
 
-    .venv/bin/python scripts/bench_stop.py [--trials 5] [--limit 30]
+    .venv/bin/python scripts/bench_stop.py [--trials 5] [--limit 30] [--only 'SIGINT to rank 0']
 """
 
 from __future__ import annotations
@@ -78,9 +78,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--limit", type=float, default=30.0, help="seconds after which a case counts as not stopping")
+    parser.add_argument("--only", default="", help="run the cases whose name contains this text")
     args = parser.parse_args()
     print(f"{'case':<54} {'median s':>9} {'max s':>7}  exit codes")
     for name, sig, extra in CASES:
+        if args.only not in name:
+            continue
         times, codes = [], []
         for _ in range(args.trials):
             elapsed, code = trial(sig, extra, args.limit)

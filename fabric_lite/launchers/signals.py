@@ -53,18 +53,21 @@ class SignalGuard:
         self._read_fd = -1
 
     # ------------------------------------------------------------------ installing (main thread)
-    def install(self) -> bool:
-        """Take over the stop signals: SIGINT keeps Python's KeyboardInterrupt (counted), the others get
-        :meth:`terminate_handler`. Returns False (nothing changed) outside the main thread."""
+    def install(self, before: dict[int, Any] | None = None) -> bool:
+        """Take over the stop signals. ``before``: the handlers from before someone else replaced them (torch's
+        ``start_processes`` installs its agent's). A handler of the user's (or SIGINT's KeyboardInterrupt) stays,
+        counted; SIG_IGN stays; a signal left to its default action gets :meth:`terminate_handler`.
+        Returns False (nothing changed) outside the main thread."""
         if threading.current_thread() is not threading.main_thread():
             return False
+        before = before or {}
         for number in self.signals:
-            current = signal.getsignal(number)
-            if current == signal.SIG_IGN:
-                continue  # e.g. nohup: the user asked for this signal to be ignored
-            if number == signal.SIGINT:
-                signal.signal(number, self._count(signal.default_int_handler))
-            else:
+            handler = before.get(number, signal.getsignal(number))
+            if handler == signal.SIG_IGN:
+                signal.signal(number, signal.SIG_IGN)  # e.g. nohup: the user asked for this signal to be ignored
+            elif callable(handler):
+                signal.signal(number, self._count(handler))
+            else:  # SIG_DFL, or a handler not installed from Python
                 signal.signal(number, self.terminate_handler)
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)

@@ -13,6 +13,7 @@ see launchers/external.py). The folder for the children's logs and error files i
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -31,7 +32,7 @@ from fabric_lite.launchers.base import (
     print_root_cause,
 )
 from fabric_lite.launchers.external import PARENT_PID_VARIABLE, install_error_file_hook
-from fabric_lite.launchers.signals import SignalGuard, signal_name
+from fabric_lite.launchers.signals import STOP_SIGNALS, SignalGuard, signal_name
 from fabric_lite.utilities import hang
 from fabric_lite.utilities.distributed import find_free_port, port_in_use
 
@@ -102,6 +103,7 @@ class SubprocessLauncher:
                 "RANK": str(node_rank * self.num_processes + local_rank),
                 PARENT_PID_VARIABLE: str(os.getpid()),
             }
+        before = {number: signal.getsignal(number) for number in STOP_SIGNALS}
         if envs:
             self._log_dir = tempfile.mkdtemp(prefix="fabric_lite_logs_")
             try:
@@ -120,9 +122,10 @@ class SubprocessLauncher:
         os.environ["LOCAL_RANK"] = "0"
         os.environ["RANK"] = str(node_rank * self.num_processes)
         if self._context is not None:
-            # start_processes gave rank 0 torch's agent handlers (a SignalException, deferred while blocked): replace them.
+            # start_processes gave rank 0 torch's agent handlers (a SignalException, deferred while blocked): put back
+            # what was there, made to work while rank 0 is blocked.
             self._guard = SignalGuard(self._stop_on_signal)
-            self._guard.install()
+            self._guard.install(before)
             threading.Thread(target=self._watch, name="fabric_lite-watch", daemon=True).start()
             self._chain_excepthook()
             atexit.register(self._wait_for_children)
@@ -196,10 +199,22 @@ class SubprocessLauncher:
         self._end(128 + number)
 
     def _end(self, code: int) -> None:
-        """Stop the other ranks, remove the log folder and end rank 0 (it may be blocked inside a collective)."""
-        self._stop_children()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        """From the watcher thread: end the other ranks and rank 0 (which may be blocked inside a collective) now.
+
+        SIGKILL and exit without waiting: once the other ranks die, rank 0's collective fails and its main thread
+        would start the interpreter's shutdown, which freezes this daemon thread before it could exit.
+        """
+        self._stopping.set()
+        self._remove_logs()
+        pids = list(self._context.pids().values()) if self._context is not None else []
+        for pid in pids:  # each child leads a session of its own: its process group holds its own children too
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
         os._exit(code)
 
     def _stop_children(self) -> None:
