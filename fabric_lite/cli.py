@@ -32,14 +32,13 @@ import argparse
 import os
 import shlex
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 
 from fabric_lite.errors import FabricLiteError
 from fabric_lite.plan import HANDOVER, resolve
 from fabric_lite.plan.reliability import TIMEOUT_VARIABLE
-from fabric_lite.utilities.distributed import port_in_use
+from fabric_lite.utilities.distributed import find_free_port, port_in_use
 
 _DEFAULT_MULTI_NODE_PORT = 29400
 
@@ -70,12 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("script", help="the training script")
     parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
     return parser
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def handover_env(args: argparse.Namespace) -> dict[str, str]:
@@ -148,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fabric-run: --max-restarts {args.max_restarts} is negative; it counts how often the workers are "
               f"restarted after a failure. Fix: --max-restarts 0 (never, the default) or a positive count.", file=sys.stderr)
         return 2
-    port = args.main_port or (_free_port() if args.num_nodes == 1 else _DEFAULT_MULTI_NODE_PORT)
+    port = args.main_port or (find_free_port() if args.num_nodes == 1 else _DEFAULT_MULTI_NODE_PORT)
     if args.main_port and args.node_rank == 0 and not args.dry_run and port_in_use(args.main_address, port):
         print(f"fabric-run: --main-port {port} is already in use on {args.main_address}, so the processes cannot "
               f"meet there. Fix: choose a free port, or leave --main-port out on one machine.", file=sys.stderr)
