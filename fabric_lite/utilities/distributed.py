@@ -53,28 +53,26 @@ def all_gather(
     # One header per rank, [dims, shape..., dtype code, device-type code] (-1 pads unused shape slots),
     # followed by the tensor's own bytes when they fit in _INLINE_BYTES: small tensors (metrics, counts)
     # then travel in this one collective, larger ones in a second one once every shape is known.
-    header = torch.full((_MAX_DIMS + 3,), -1, dtype=torch.long)
-    header[0] = tensor.dim()
-    if tensor.dim():
-        header[1 : tensor.dim() + 1] = torch.tensor(tensor.shape, dtype=torch.long)
-    header[-2] = _code(_DTYPES, tensor.dtype)
-    header[-1] = _code(_DEVICE_TYPES, tensor.device.type)
-    header_bytes = header.view(torch.uint8)
+    shape = list(tensor.shape)
+    dtype_code, device_code = _code(_DTYPES, tensor.dtype), _code(_DEVICE_TYPES, tensor.device.type)
+    header_values = [len(shape), *shape, *([-1] * (_MAX_DIMS - len(shape))), dtype_code, device_code]
     nbytes = tensor.numel() * tensor.element_size()
-    packet = torch.zeros(header_bytes.numel() + _INLINE_BYTES, dtype=torch.uint8, device=tensor.device)
-    packet[: header_bytes.numel()] = header_bytes.to(tensor.device)
-    inline = not sync_grads and nbytes <= _INLINE_BYTES and header[-2] >= 0
+    inline = not sync_grads and nbytes <= _INLINE_BYTES and dtype_code >= 0
+    # Few tensor operations on purpose: this runs for every gathered metric (see scripts/bench_all_gather.py).
+    pieces = [torch.tensor(header_values, dtype=torch.long).view(torch.uint8).to(tensor.device)]
     if inline and nbytes:
-        packet[header_bytes.numel() : header_bytes.numel() + nbytes] = tensor.detach().reshape(-1).view(torch.uint8)
-    packets = _stack(packet, group, False, world)
-    rows = [packets[rank, : header_bytes.numel()].cpu().view(torch.long).tolist() for rank in range(world)]
+        pieces.append(tensor.detach().reshape(-1).view(torch.uint8))
+    pieces.append(torch.zeros(_INLINE_BYTES - (nbytes if inline else 0), dtype=torch.uint8, device=tensor.device))
+    packets = _stack(torch.cat(pieces), group, False, world)
+    header_size = _HEADER_BYTES
+    rows = packets[:, :header_size].cpu().contiguous().view(torch.long).tolist()
     table = [tuple(int(v) for v in row[1 : int(row[0]) + 1]) for row in rows]
     _check_same_kind(rows, world)
     # Every rank decides from the same gathered rows, so all take the same branch below.
     if not sync_grads and all(row[-2] >= 0 and _numel(shape) * _DTYPES[row[-2]].itemsize <= _INLINE_BYTES
                               for row, shape in zip(rows, table)):
         parts = [
-            packets[rank, header_bytes.numel() : header_bytes.numel() + _numel(table[rank]) * tensor.element_size()]
+            packets[rank, header_size : header_size + _numel(table[rank]) * tensor.element_size()]
             .view(tensor.dtype).reshape(table[rank])
             for rank in range(world)
         ]
@@ -111,6 +109,7 @@ def _check_trailing(table: list[tuple[int, ...]], world: int) -> None:
 
 #: Tensors up to this many bytes travel inside all_gather's header collective (one collective in all).
 _INLINE_BYTES = 4096
+_HEADER_BYTES = (_MAX_DIMS + 3) * 8
 
 # Codes exchanged in all_gather's header; a value missing here is sent as its own code (-2) and compared
 # by that alone, which still catches every mismatch between listed kinds.
