@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -178,9 +179,10 @@ class ParallelStrategy(Strategy):
         if self.root_device.type == "cuda":
             kwargs["device_id"] = self.root_device  # lets NCCL bind eagerly to this rank's GPU
         try:
+            store = self._rendezvous_store(address, port)
             dist.init_process_group(
                 self.backend(),
-                store=self._rendezvous_store(address, port),
+                store=store,
                 rank=self.global_rank,
                 world_size=self.world_size,
                 timeout=self.timeout,
@@ -189,8 +191,10 @@ class ParallelStrategy(Strategy):
             # Scripts rarely tear down themselves. A group left to the interpreter's exit is torn down during C++
             # static destruction, where gloo's worker threads are still joinable: std::terminate, SIGABRT, in about
             # 1 of 5 successful 2-rank runs (tests/strategies/test_ddp.py::test_a_run_that_ends_in_a_collective_exits_cleanly).
-            # NCCL also warns when the group outlives main.
-            atexit.register(_destroy_process_group)
+            # NCCL also warns when the group outlives main. The rank that hosts the store waits (briefly) until
+            # the others have torn down: their groups still talk to the store while they do.
+            hosts_store = self.global_rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True)
+            atexit.register(_leave_process_group, store, self.global_rank, self.world_size, hosts_store)
             # A collective that times out prints every rank's stack before the job goes (utilities/hang.py).
             hang.start_monitor(address=address, port=port, rank=self.global_rank, world_size=self.world_size,
                                timeout=self.timeout)
@@ -272,9 +276,22 @@ def check_timeout(timeout: Any, owner: str) -> timedelta:
     return timeout
 
 
-def _destroy_process_group() -> None:
+#: How long the store's host waits at exit for the other ranks to tear down (a crashed peer never does).
+EXIT_WAIT = timedelta(seconds=5)
+
+
+def _leave_process_group(store: dist.Store, rank: int, world_size: int, hosts_store: bool) -> None:
+    """At exit: tear this rank's group down, say so in the store; the store's host waits for everyone's word."""
     if collectives.is_initialized():
         try:
             dist.destroy_process_group()
         except Exception:  # at interpreter exit a peer may be gone already: nothing left to release
             pass
+    try:
+        # After an uncaught exception (sys.last_value) the others are being stopped: do not wait for them.
+        if hosts_store and getattr(sys, "last_value", None) is None:
+            store.wait([f"fabric_lite/left/{other}" for other in range(1, world_size)], EXIT_WAIT)
+        elif not hosts_store:
+            store.set(f"fabric_lite/left/{rank}", "1")
+    except Exception:  # the host already gone, or a peer that crashed: nothing to wait for
+        pass
