@@ -1,7 +1,7 @@
 """The few exception types users catch, and the one helper that words a "not a valid choice" error.
 
 Bad input raises a ``ValueError`` subclass, a broken environment a ``RuntimeError`` subclass and a
-missing optional package an ``ImportError`` that names the pip extra (see DESIGN.md).
+missing optional package an ``ImportError`` that names the pip extra (see ARCHITECTURE.md, "Error messages").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Resolve the user's arguments plus the environment into a frozen Plan, with the reason for each choice.
 
-All argument resolution happens here and only here (DESIGN.md, "How choices are made"):
+All argument resolution happens here and only here (ARCHITECTURE.md, "Where each decision is made"):
 
 1. Normalise: lower-case strings, map aliases; an instance beats a string; an instance plus a
    conflicting string is an error. ``FABRIC_LITE_*`` settings handed over by ``fabric-run`` are read here.

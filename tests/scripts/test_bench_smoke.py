@@ -1,6 +1,6 @@
 """Smoke tests for the benchmark scripts: they run, write what they promise and find no heavy imports.
 
-Benchmarks are not timed tests (DESIGN.md): no ratio is asserted here, only that one is reported.
+Benchmarks are not timed tests (ARCHITECTURE.md, "Tests and benchmarks"): no ratio is asserted here, only that one is reported.
 """
 
 from __future__ import annotations
