@@ -208,3 +208,10 @@ def test_handover_accepts_a_strategy_instance_of_the_same_name():
     assert p.strategy == "ddp" and p.strategy_instance is not None
     with pytest.raises(ConfigurationError, match=re.escape("conflicts with FABRIC_LITE_STRATEGY='fsdp'")):
         plan(strategy=DDPStrategy(), env={"FABRIC_LITE_STRATEGY": "fsdp"})
+
+
+def test_processes_placed_by_another_tool_are_not_credited_to_the_subprocess_launcher_alone():
+    env = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    plan = resolve(accelerator="cpu", devices=2, strategy="ddp", env=env)
+    assert plan.launcher == "external"
+    assert "another tool (RANK / LOCAL_RANK set)" in plan.reasons["launcher"]

@@ -366,7 +366,8 @@ def _resolve_launcher(
     reasons: dict[str, str],
 ) -> str:
     if external:
-        made_by = "fabric_lite's subprocess launcher" if environment == "local" else environment
+        made_by = ("fabric_lite's subprocess launcher or another tool (RANK / LOCAL_RANK set)" if environment == "local"
+                   else environment)
         reasons["launcher"] = f"processes already made by {made_by}"
         return "external"
     if strategy_instance is not None:
