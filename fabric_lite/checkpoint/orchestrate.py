@@ -6,6 +6,8 @@ steps that are the same for every strategy, so that ``Fabric`` stays a thin faca
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,16 +61,34 @@ def gather_loader_states(state: Any, world_size: int) -> Any:
     return {**state, **{key: RankStates([entry[key] for entry in gathered]) for key in keys}}
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def check_local_path(path: str | Path, method: str) -> None:
+    """Refuse a URL (``s3://...``): written as a local path it would make a folder named ``s3:`` and 'succeed'."""
+    text = os.fspath(path)
+    if isinstance(text, str) and _URL.match(text):
+        scheme = text.split("://", 1)[0]
+        raise ConfigurationError(
+            f"fabric.{method}({text!r}) names a {scheme}:// URL, but fabric_lite reads and writes checkpoints on "
+            f"local (or mounted) file systems only: the path would be taken as a local folder named '{scheme}:'. "
+            f"Fix: save to a local or mounted path (e.g. a FUSE mount of the bucket) and copy it with your storage "
+            f"tool, or pass a plain path."
+        )
+
+
 def save(
     strategy: Strategy, path: str | Path, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None
 ) -> None:
     """``fabric.save``: a set-up dataloader goes in with every rank's position and random state (one gather)."""
+    check_local_path(path, "save")
     strategy.save_checkpoint(path, gather_loader_states(state, strategy.world_size), filter=filter)
     strategy.barrier(name="save")
 
 
 def load(strategy: Strategy, path: str | Path, state: Any, *, strict: bool, weights_only: bool, name: str = "load") -> Any:
     """``fabric.load`` (and ``load_raw`` with a bare module or optimizer as ``state``): restore, then wait for all."""
+    check_local_path(path, name)
     remainder = strategy.load_checkpoint(path, state, strict=strict, weights_only=weights_only)
     strategy.barrier(name=name)
     return remainder
