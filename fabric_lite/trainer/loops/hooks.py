@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -10,41 +11,38 @@ if TYPE_CHECKING:
     from fabric_lite.trainer.trainer import Trainer
 
 
-def call_hook(trainer: Trainer, name: str, *args: Any, module: bool = True, callbacks: Iterable[Callback] | None = None) -> Any:
-    """Callbacks first (in the given order), then the LightningModule; returns the module's answer."""
+@contextmanager
+def _in_hook(trainer: Trainer, name: str) -> Iterator[None]:
+    """Let ``self.log`` know which hook it is called from, for the duration of the call."""
     results = trainer.state.results
     previous = results.hook
     results.hook = name
     try:
+        yield
+    finally:
+        results.hook = previous
+
+
+def call_hook(trainer: Trainer, name: str, *args: Any, module: bool = True, callbacks: Iterable[Callback] | None = None) -> Any:
+    """Callbacks first (in the given order), then the LightningModule; returns the module's answer."""
+    with _in_hook(trainer, name):
         pl_module = trainer.lightning_module
         for callback in trainer.callbacks if callbacks is None else callbacks:
             getattr(callback, name)(trainer, pl_module, *args)
         method = getattr(pl_module, name, None) if module and pl_module is not None else None
         return method(*args) if method is not None else None
-    finally:
-        results.hook = previous
 
 
 def call_module(trainer: Trainer, name: str, *args: Any) -> Any:
     """The LightningModule's ``name`` alone (``self.log`` inside knows which hook it is in)."""
-    results = trainer.state.results
-    previous = results.hook
-    results.hook = name
-    try:
+    with _in_hook(trainer, name):
         return getattr(trainer.lightning_module, name)(*args)
-    finally:
-        results.hook = previous
 
 
 def call_step(trainer: Trainer, name: str, *args: Any) -> Any:
     """``training_step`` & co. through the set-up model, so that the strategy's forward wrapping applies."""
-    results = trainer.state.results
-    previous = results.hook
-    results.hook = name
-    try:
+    with _in_hook(trainer, name):
         return getattr(trainer.model, name)(*args)
-    finally:
-        results.hook = previous
 
 
 def transfer_batch(trainer: Trainer, batch: Any, dataloader_idx: int) -> Any:
