@@ -55,5 +55,8 @@ def choices_error(asked: str, kind: str, choices: Iterable[Any], fix: str | None
 
 def missing_package(package: str, extra: str, needed_for: str, hint: str | None = None) -> MissingPackageError:
     """The error for an absent optional dependency, naming the extra that installs it (``hint``: a second way)."""
-    message = f"{needed_for} needs the package '{package}', which is not installed. Fix: pip install 'fabric-lite[{extra}]'"
+    message = (
+        f"{needed_for} needs the package '{package}', which is not installed. "
+        f"Fix: pip install 'torch-fabric-lite[{extra}]' (in a source checkout: pip install -e '.[{extra}]')"
+    )
     return MissingPackageError(message + (f"; {hint}." if hint else ""))

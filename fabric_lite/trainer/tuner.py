@@ -105,7 +105,7 @@ class Tuner:
         descent) and ``plot()``. With ``update_attr`` the suggestion is written to ``attr_name``, or to
         ``lr`` / ``learning_rate`` on the model or its hparams. The plot is saved as a PNG on rank 0 at
         ``plot_path`` (default ``<default_root_dir>/lr_finder.png``; ``False``: not saved; skipped with a
-        warning if matplotlib is missing: ``pip install 'fabric-lite[tuner]'``). Weights, optimizer state,
+        warning if matplotlib is missing: ``pip install 'torch-fabric-lite[tuner]'``). Weights, optimizer state,
         RNG and Trainer state are put back afterwards. Under DDP the per-step loss is averaged over ranks,
         so every rank records the same curve and stops at the same step.
         """

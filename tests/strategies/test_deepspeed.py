@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("deepspeed", reason="DeepSpeedStrategy needs deepspeed: pip install 'fabric-lite[deepspeed]'")
+pytest.importorskip("deepspeed", reason="DeepSpeedStrategy needs deepspeed: pip install 'torch-fabric-lite[deepspeed]'")
 
 from fabric_lite import Fabric
 from fabric_lite.checkpoint.sharded import MARKER
@@ -236,7 +236,7 @@ def test_missing_package_and_lazy_import():
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         f"MissingPackageError {what} needs the package 'deepspeed', which is not installed. "
-        f"Fix: pip install 'fabric-lite[deepspeed]'"
+        f"Fix: pip install 'torch-fabric-lite[deepspeed]' (in a source checkout: pip install -e '.[deepspeed]')"
         for what in ("DeepSpeedStrategy", "consolidate_deepspeed_checkpoint")
     ]
 

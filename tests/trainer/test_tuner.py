@@ -230,7 +230,7 @@ def test_plot_without_matplotlib(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # the package absent, as on a machine without the extra
     finder = LRFinder("exponential", 1e-3, 1.0, 3)
     finder.results = {"lr": [1e-3, 3e-2, 1.0], "loss": [2.0, 1.0, 3.0]}
-    with pytest.raises(ImportError, match=r"LRFinder.plot\(\) needs the package 'matplotlib', which is not installed. Fix: pip install 'fabric-lite\[tuner\]'"):
+    with pytest.raises(ImportError, match=r"LRFinder.plot\(\) needs the package 'matplotlib', which is not installed. Fix: pip install 'torch-fabric-lite\[tuner\]' \(in a source checkout: pip install -e '\.\[tuner\]'\)"):
         finder.plot()
     with pytest.warns(UserWarning, match="The learning-rate finder's plot was not saved"):
         assert finder.save_plot(str(tmp_path / "lr.png")) is None

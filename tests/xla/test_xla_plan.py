@@ -124,7 +124,7 @@ def test_without_torch_xla_the_error_names_the_extra_and_the_script(kwargs, aske
     assert isinstance(error.value, ImportError)
     assert str(error.value) == (
         f"{asked} (XLA devices: TPU, or the CPU through PJRT_DEVICE=CPU) needs the package 'torch_xla', which is not "
-        f"installed. Fix: pip install 'fabric-lite[xla]'; torch_xla 2.9 needs torch 2.9 exactly: scripts/test-xla.sh "
+        f"installed. Fix: pip install 'torch-fabric-lite[xla]' (in a source checkout: pip install -e '.[xla]'); torch_xla 2.9 needs torch 2.9 exactly: scripts/test-xla.sh "
         f"builds such a venv next to the project's and runs the XLA tests there."
     )
 
