@@ -195,31 +195,81 @@ class LightningModule(ModelHooks, nn.Module):
         name: str,
         value: Any,
         prog_bar: bool = False,
-        logger: bool = True,
+        logger: bool | None = None,
         on_step: bool | None = None,
         on_epoch: bool | None = None,
-        reduce_fx: str = "mean",
+        reduce_fx: Any = "mean",
+        enable_graph: bool = False,
         sync_dist: bool = False,
+        sync_dist_group: Any = None,
+        add_dataloader_idx: bool = True,
         batch_size: int | None = None,
-        **_: Any,
+        metric_attribute: str | None = None,
+        rank_zero_only: bool = False,
+        **unknown: Any,
     ) -> None:
-        """Record a metric: per step (``on_step``), averaged over the epoch (``on_epoch``, weighted by ``batch_size``).
+        """Record a metric: per step (``on_step``), reduced over the epoch (``on_epoch``, weighted by ``batch_size``).
 
-        Defaults follow Lightning: ``training_step`` logs per step, evaluation steps and epoch-end hooks per
-        epoch. ``sync_dist=True`` reduces across processes (epoch values: sums of value x batch size and of
-        batch sizes, so each sample counts once). Outside a run the call does nothing.
+        Lightning 2.x's signature. ``value`` is a number, a one-element tensor or a ``torchmetrics.Metric``
+        (its forward value per step; ``compute()`` at the epoch end, then ``reset()``; the metric syncs
+        itself across processes). Defaults follow Lightning: ``training_step`` logs per step, evaluation steps
+        and epoch-end hooks per epoch. ``sync_dist=True`` reduces numbers across processes (epoch values:
+        sums of value x batch size and of batch sizes, so each sample counts once). ``rank_zero_only=True``:
+        a value only rank 0 logs, never synced. ``enable_graph``, ``sync_dist_group`` and ``metric_attribute``
+        are accepted for compatibility (values are detached; sync uses the whole world). Outside a run the
+        call does nothing. An unknown keyword raises TypeError listing the valid ones.
         """
+        if unknown:
+            valid = ("name", "value", "prog_bar", "logger", "on_step", "on_epoch", "reduce_fx", "enable_graph", "sync_dist",
+                     "sync_dist_group", "add_dataloader_idx", "batch_size", "metric_attribute", "rank_zero_only")
+            raise TypeError(
+                f"self.log({name!r}, ...) got unknown keyword argument(s) {', '.join(map(repr, sorted(unknown)))}. "
+                f"Fix: use only Lightning's arguments: {', '.join(valid)}."
+            )
         if self._trainer is None:
             return
         self._trainer.state.results.log(
-            name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
-            reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size,
+            name, value, prog_bar=prog_bar, logger=True if logger is None else logger, on_step=on_step, on_epoch=on_epoch,
+            reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size, add_dataloader_idx=add_dataloader_idx,
+            rank_zero_only=rank_zero_only,
         )
 
-    def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
-        """``self.log`` for each item of ``dictionary`` with the same options."""
-        for name, value in dictionary.items():
-            self.log(name, value, **kwargs)
+    def log_dict(
+        self,
+        dictionary: Any,
+        prog_bar: bool = False,
+        logger: bool | None = None,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: Any = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Any = None,
+        add_dataloader_idx: bool = True,
+        batch_size: int | None = None,
+        rank_zero_only: bool = False,
+        **unknown: Any,
+    ) -> None:
+        """``self.log`` for each item of ``dictionary`` (a mapping or a ``torchmetrics.MetricCollection``) with the same options."""
+        if unknown:
+            valid = ("dictionary", "prog_bar", "logger", "on_step", "on_epoch", "reduce_fx", "enable_graph", "sync_dist",
+                     "sync_dist_group", "add_dataloader_idx", "batch_size", "rank_zero_only")
+            raise TypeError(
+                f"self.log_dict(...) got unknown keyword argument(s) {', '.join(map(repr, sorted(unknown)))}. "
+                f"Fix: use only Lightning's arguments: {', '.join(valid)}."
+            )
+        import sys
+
+        torchmetrics = sys.modules.get("torchmetrics")  # a MetricCollection exists only if torchmetrics was imported
+        if torchmetrics is not None and isinstance(dictionary, torchmetrics.MetricCollection):
+            # the member metrics themselves (not copies), so that compute / reset act on the state they accumulate
+            items = list(dictionary.items(keep_base=False, copy_state=False))
+        else:
+            items = list(dictionary.items())
+        for name, value in items:
+            self.log(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch, reduce_fx=reduce_fx,
+                     enable_graph=enable_graph, sync_dist=sync_dist, sync_dist_group=sync_dist_group,
+                     add_dataloader_idx=add_dataloader_idx, batch_size=batch_size, rank_zero_only=rank_zero_only)
 
     # ------------------------------------------------------------------------------ the six sections
     def forward(self, *args: Any, **kwargs: Any) -> Any:

@@ -7,6 +7,7 @@ all-reduced first, so batches of different sizes and ranks with different number
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ class _Metric:
     weight: float = 0.0
     step_value: torch.Tensor | None = None
     fresh_step: bool = False
+    torchmetric: Any = None  # a torchmetrics.Metric logged as the value: its compute() is the epoch value
 
     def update(self, value: torch.Tensor, batch_size: int) -> None:
         value = value.detach().to(torch.float64)
@@ -84,7 +86,7 @@ class Results:
     # ------------------------------------------------------------------------------ recording
     def log(
         self, name: str, value: Any, *, prog_bar: bool, logger: bool, on_step: bool | None, on_epoch: bool | None,
-        reduce_fx: str, sync_dist: bool, batch_size: int | None,
+        reduce_fx: Any, sync_dist: bool, batch_size: int | None, add_dataloader_idx: bool = True, rank_zero_only: bool = False,
     ) -> None:
         if not self.enabled:
             return
@@ -93,9 +95,11 @@ class Results:
                 f"self.log({name!r}, ...) was called in {self.hook}, but prediction records no metrics. "
                 f"Fix: return the values from predict_step instead."
             )
-        if reduce_fx not in REDUCE_FX:
+        reduce_fx = _reduction_name(name, reduce_fx)
+        if add_dataloader_idx and "/dataloader_idx_" in name:
             raise ConfigurationError(
-                f"self.log({name!r}, reduce_fx={reduce_fx!r}) is not a known reduction. Choose one of: {', '.join(REDUCE_FX)}."
+                f"self.log({name!r}, ...): the name already holds '/dataloader_idx_', which the Trainer adds itself when "
+                f"several evaluation loaders run. Fix: log the plain name, or pass add_dataloader_idx=False."
             )
         in_step = self.hook.endswith("_step") or self.hook.endswith("batch_start") or self.hook.endswith("batch_end") or self.hook in (
             "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
@@ -108,15 +112,25 @@ class Results:
                 f"self.log({name!r}, on_step=True) was called in {self.hook}, which runs once per epoch, not per step. "
                 f"Fix: use on_step=False, on_epoch=True there."
             )
-        tensor = _to_tensor(name, value, self.fabric.device)
-        name = name + self.suffix
+        torchmetric = _torchmetric(name, value)
+        tensor = None if torchmetric is not None else _to_tensor(name, value, self.fabric.device)
+        if add_dataloader_idx:
+            name = name + self.suffix
         if batch_size is None:
             batch_size = batch_size_of(self.batch) if in_step else 1
+        # rank_zero_only: only rank 0 makes this call, so it must never join a collective
+        sync_dist = sync_dist and not rank_zero_only
         stage_metrics = self._metrics.setdefault(self.stage, {})
         metric = stage_metrics.get(name)
         if metric is None:
             metric = stage_metrics[name] = _Metric(name, on_step, on_epoch, prog_bar, logger, reduce_fx, sync_dist)
         metric.on_step, metric.on_epoch = metric.on_step or on_step, metric.on_epoch or on_epoch
+        if torchmetric is not None:
+            metric.torchmetric = torchmetric
+            metric.fresh_step = True
+            cache = getattr(torchmetric, "_forward_cache", None)  # the value of the last metric(preds, target) call
+            metric.step_value = _to_tensor(name, cache, self.fabric.device) if isinstance(cache, torch.Tensor) else None
+            return
         metric.update(tensor, batch_size)
 
     # ------------------------------------------------------------------------------ reading
@@ -131,7 +145,7 @@ class Results:
             if not (metric.on_step and metric.fresh_step and metric.step_value is not None):
                 continue
             value = metric.step_value
-            if sync and metric.sync_dist and self.fabric.world_size > 1:
+            if sync and metric.sync_dist and metric.torchmetric is None and self.fabric.world_size > 1:
                 value = self.fabric.all_reduce(value.float(), reduce_op=_collective(metric.reduce_fx)).double()
             metric.fresh_step = False
             name = f"{metric.name}_step" if metric.on_epoch else metric.name
@@ -150,7 +164,7 @@ class Results:
         """Reduce the epoch accumulators of ``stage``: (for loggers, for the progress bar). Collective when sync_dist."""
         stage = stage or self.stage
         metrics = self._metrics.get(stage, {})
-        names = sorted(name for name, metric in metrics.items() if metric.on_epoch and metric.sync_dist)
+        names = sorted(name for name, metric in metrics.items() if metric.on_epoch and metric.sync_dist and metric.torchmetric is None)
         if self.fabric.world_size > 1 and stage != "train":
             # Evaluation loaders are split without padding: a rank may have seen no batch and so know no
             # name. Rank 0's list (it sees the most batches) decides which collectives every rank joins.
@@ -166,10 +180,18 @@ class Results:
             if metric.on_epoch and not metric.sync_dist and metric.total is not None:
                 value = float(metric.total / metric.weight) if metric.reduce_fx == "mean" else float(metric.total)
                 _store(logged, bar, self.callback_metrics, metric, value, suffix)
+        # torchmetrics objects: compute() syncs their states across processes itself (a collective under
+        # torch.distributed), so every rank computes them, in the same (sorted) order.
+        for name in sorted(name for name, metric in metrics.items() if metric.on_epoch and metric.torchmetric is not None):
+            metric = metrics[name]
+            _store(logged, bar, self.callback_metrics, metric, _compute(metric), suffix)
         return logged, bar
 
     def reset(self, stage: str | None = None) -> None:
-        self._metrics.pop(stage or self.stage, None)
+        """Forget the stage's values; torchmetrics objects logged in it are reset (their epoch is over)."""
+        for metric in self._metrics.pop(stage or self.stage, {}).values():
+            if metric.torchmetric is not None:
+                metric.torchmetric.reset()
 
 
 def _store(
@@ -207,6 +229,45 @@ def _reduce_synced(fabric: Fabric, metric: _Metric | None) -> float | None:
     empty = float("-inf") if reduce_fx == "max" else float("inf")
     local = total if weight else torch.tensor(empty, dtype=torch.float64)
     return float(fabric.all_reduce(local.to(fabric.device), reduce_op=reduce_fx))
+
+
+def _reduction_name(name: str, reduce_fx: Any) -> str:
+    """``reduce_fx`` as one of REDUCE_FX: the name itself, or the torch / builtin function Lightning users pass."""
+    functions = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min", sum: "sum", max: "max", min: "min"}
+    if not isinstance(reduce_fx, str):
+        reduce_fx = functions.get(reduce_fx, reduce_fx)
+    if reduce_fx not in REDUCE_FX:
+        raise ConfigurationError(
+            f"self.log({name!r}, reduce_fx={reduce_fx!r}) is not a known reduction. Choose one of: {', '.join(REDUCE_FX)} "
+            f"(or torch.mean, torch.sum, torch.max, torch.min)."
+        )
+    return reduce_fx
+
+
+def _torchmetric(name: str, value: Any) -> Any:
+    """``value`` if it is a ``torchmetrics.Metric`` (None otherwise); a MetricCollection is refused with the fix."""
+    torchmetrics = sys.modules.get("torchmetrics")  # a Metric object exists only if torchmetrics was imported
+    if torchmetrics is None:
+        return None
+    if isinstance(value, torchmetrics.MetricCollection):
+        raise ConfigurationError(
+            f"self.log({name!r}, <MetricCollection>): self.log takes one value. Fix: self.log_dict(collection), which "
+            f"logs each of its metrics under its own name."
+        )
+    return value if isinstance(value, torchmetrics.Metric) else None
+
+
+def _compute(metric: _Metric) -> float:
+    """The epoch value of a logged torchmetrics object: its ``compute()``, on every rank (it may be a collective)."""
+    torchmetric = metric.torchmetric
+    value = torchmetric.compute()
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ConfigurationError(
+            f"self.log({metric.name!r}, {type(torchmetric).__name__}): its compute() returned {shape}, but a logged value "
+            f"is one number. Fix: log a metric that computes a scalar (e.g. average='micro'), or log its elements one by one."
+        )
+    return float(value)
 
 
 def _collective(reduce_fx: str) -> str:
