@@ -40,7 +40,13 @@ def call_module(trainer: Trainer, name: str, *args: Any) -> Any:
 
 
 def call_step(trainer: Trainer, name: str, *args: Any) -> Any:
-    """``training_step`` & co. through the set-up model, so that the strategy's forward wrapping applies."""
+    """``training_step`` & co. through the set-up model, so that the strategy's forward wrapping applies.
+
+    The arguments are cut to what the step's signature takes (``training_step(self, batch)`` works, as in Lightning).
+    """
+    from fabric_lite.trainer.loops.signature import step_arguments
+
+    args = step_arguments(trainer.lightning_module, name, args)
     with _in_hook(trainer, name):
         return getattr(trainer.model, name)(*args)
 
