@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer import checkpointing
@@ -164,6 +167,7 @@ def _train_epoch(trainer: Trainer, resume: dict[str, Any] | None) -> None:
             outputs = automatic_step(trainer, batch, batch_idx, is_last)
         else:
             outputs = call_step(trainer, "training_step", batch, batch_idx)
+        outputs = _batch_end_outputs(outputs, model.automatic_optimization, trainer.accumulate_grad_batches)
         state.total_batch_idx += 1
         state.batches_done = batch_idx + 1
         if is_last:
@@ -196,16 +200,18 @@ def _end_epoch(trainer: Trainer, *, run_hooks: bool, results_lost: bool) -> None
     state = trainer.state
     state.stage = "train"
     state.results.stage = "train"
+    logged, bar = state.results.epoch_values(stage="train")
     if run_hooks:
-        # epoch means visible to the hooks (EarlyStopping on train_loss, the progress bar)
-        state.progress_bar_metrics.update(state.results.epoch_values(stage="train")[1])
-        # Callbacks that decide on monitored metrics run after the module's on_train_epoch_end (Lightning's rule).
+        # epoch values visible to the hooks (EarlyStopping on train_loss, the progress bar)
+        state.progress_bar_metrics.update(bar)
+        # Lightning's order: callbacks that do not monitor metrics, the module, then the monitoring ones
+        # (ModelCheckpoint, EarlyStopping), which see what the module logged in its on_train_epoch_end.
         monitoring = [c for c in trainer.callbacks if c.monitors_metrics]
         others = [c for c in trainer.callbacks if c not in monitoring]
         call_hook(trainer, "on_train_epoch_end", callbacks=others)
+        logged, bar = state.results.epoch_values(stage="train")  # now with the module's epoch-end values
         state.phase = "epoch_end_hooks_done"
         call_hook(trainer, "on_train_epoch_end", callbacks=monitoring, module=False)
-    logged, bar = state.results.epoch_values(stage="train")
     if logged and not results_lost:
         log_metrics(trainer, {**logged, "epoch": state.current_epoch})
     state.progress_bar_metrics.update(bar)
@@ -213,6 +219,27 @@ def _end_epoch(trainer: Trainer, *, run_hooks: bool, results_lost: bool) -> None
     state.results.reset("train")
     state.current_epoch += 1
     state.phase = "epoch_done"
+
+
+def _batch_end_outputs(outputs: Any, automatic: bool, accumulate: int) -> dict[str, Any]:
+    """The step output as Lightning hands it to ``on_train_batch_end``: a dict with the detached ``loss``.
+
+    A tensor becomes ``{"loss": tensor}``, a dict keeps its keys, None becomes ``{}``. Under automatic
+    optimisation the loss is the one backpropagated: divided by ``accumulate_grad_batches``.
+    """
+    if outputs is None:
+        return {}
+    if isinstance(outputs, torch.Tensor):
+        outputs = {"loss": outputs}
+    elif not isinstance(outputs, Mapping):
+        return outputs  # automatic_step refused it already; manual optimisation passes it on
+    outputs = dict(outputs)
+    loss = outputs.get("loss")
+    if isinstance(loss, torch.Tensor):
+        if automatic and accumulate > 1:
+            loss = loss / accumulate
+        outputs["loss"] = loss.detach().clone() if automatic else loss.detach()
+    return outputs
 
 
 def _should_validate(trainer: Trainer, batch_idx: int) -> bool:
