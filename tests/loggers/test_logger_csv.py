@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
+import signal
+import time
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ import torch
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.loggers import CSVLogger, Logger
+from fabric_lite.loggers.csv import load_hparams_from_yaml, save_hparams_to_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,21 +135,22 @@ def test_explicit_version_with_existing_file_is_replaced(tmp_path: Path) -> None
     assert read_rows(new) == (["step", "new"], [{"step": "0", "new": "2.0"}])
 
 
-def test_hyperparameters_file(tmp_path: Path) -> None:
+def test_hyperparameters_file_is_always_yaml_and_loads_back(tmp_path: Path) -> None:
+    import yaml
+
     logger = CSVLogger(tmp_path)
     logger.log_hyperparams({"lr": torch.tensor(0.5), "optim": {"name": "sgd", "betas": (0.9, 0.99)}, "act": torch.relu})
     logger.log_hyperparams(Namespace(seed=7))
     expected = {"lr": 0.5, "optim": {"name": "sgd", "betas": [0.9, 0.99]}, "act": "relu", "seed": 7}
 
-    try:
-        import yaml
-    except ImportError:
-        assert os.path.basename(logger.hparams_file) == "hparams.json"
-        loaded = json.loads(Path(logger.hparams_file).read_text())
-    else:
-        assert os.path.basename(logger.hparams_file) == "hparams.yaml"
-        loaded = yaml.safe_load(Path(logger.hparams_file).read_text())
-    assert loaded == expected
+    assert logger.hparams_file == os.path.join(logger.log_dir, "hparams.yaml")
+    assert sorted(os.listdir(logger.log_dir)) == ["hparams.yaml"]
+    assert yaml.safe_load(Path(logger.hparams_file).read_text()) == expected
+    assert load_hparams_from_yaml(logger.hparams_file) == expected
+    save_hparams_to_yaml(tmp_path / "copy.yaml", Namespace(**expected))
+    assert load_hparams_from_yaml(tmp_path / "copy.yaml") == expected
+    with pytest.raises(ConfigurationError, match=r"load_hparams_from_yaml\('.*absent.yaml'\): no such file.*log_dir"):
+        load_hparams_from_yaml(tmp_path / "absent.yaml")
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path: Path) -> None:
@@ -175,3 +178,72 @@ def test_rank_nonzero_writes_nothing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("version_0")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_flushes_append_and_a_new_name_rewrites_once(tmp_path: Path) -> None:
+    """Appending keeps the file's inode (no copy per flush); only a wider header replaces the file."""
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=2)
+    for step in range(4):
+        logger.log_metrics({"loss": float(step)}, step=step)
+    path = Path(logger.log_dir) / "metrics.csv"
+    inode = path.stat().st_ino
+    for step in range(4, 10):
+        logger.log_metrics({"loss": float(step)}, step=step)
+    assert path.stat().st_ino == inode, "a flush with known names appends in place"
+    logger.log_metrics({"loss": 10.0, "val,loss": 1.5}, step=10)  # a name that needs CSV quoting
+    logger.save()
+    assert path.stat().st_ino != inode, "a wider header is written to a new file moved into place"
+    header, rows = read_rows(logger)
+    assert header == ["step", "loss", "val,loss"]
+    assert [(r["step"], r["loss"], r["val,loss"]) for r in rows] == [
+        *((str(s), str(float(s)), "") for s in range(10)), ("10", "10.0", "1.5")
+    ]
+    assert sorted(os.listdir(logger.log_dir)) == ["metrics.csv"]
+
+
+KILLED_CHILD = """
+    import sys
+    from fabric_lite.loggers import CSVLogger
+    logger = CSVLogger(sys.argv[1], version=0, flush_logs_every_n_steps=7)
+    step = 0
+    while True:
+        metrics = {"loss": step * 0.25, "lr": 1.0 / (step + 1)}
+        if step >= 300:
+            metrics["val_acc"] = step * 0.5  # widens the header once: one rewrite, then appends again
+        logger.log_metrics(metrics, step=step)
+        if step == 400:
+            print("ready", flush=True)
+        step += 1
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.15, 0.4])
+def test_file_is_valid_csv_of_complete_rows_after_sigkill(tmp_path: Path, delay: float) -> None:
+    """A real process logging as fast as it can is killed with SIGKILL; every row on disk is whole and right."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "SLURM_PROCID")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(KILLED_CHILD), str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+
+    data = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_bytes()
+    assert data.endswith(b"\r\n"), "the file ends at a row boundary"
+    with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    assert header == ["step", "loss", "lr", "val_acc"]
+    assert len(rows) >= 400
+    for expected_step, row in enumerate(rows):
+        assert len(row) == 4, row
+        step = int(row[0])
+        assert step == expected_step
+        assert (float(row[1]), float(row[2])) == (step * 0.25, 1.0 / (step + 1))
+        assert row[3] == ("" if step < 300 else str(step * 0.5))
+    assert [p.name for p in (tmp_path / "lightning_logs" / "version_0").iterdir()] == ["metrics.csv"]
