@@ -1,6 +1,8 @@
-"""TensorBoardLogger: metrics, hyperparameters and the model graph as TensorBoard event files, via tensorboardX.
+"""TensorBoardLogger: metrics, hyperparameters and the model graph as TensorBoard event files.
 
-tensorboardX is imported only when the first event is written, so importing fabric_lite stays light.
+The writer is ``tensorboardX.SummaryWriter`` when tensorboardX is installed, else
+``torch.utils.tensorboard.SummaryWriter`` (which needs the ``tensorboard`` package). Either is imported only
+when the first event is written, so importing fabric_lite stays light.
 """
 
 from __future__ import annotations
@@ -24,6 +26,24 @@ if TYPE_CHECKING:
     from tensorboardX import SummaryWriter
 
 
+def _importable(name: str) -> bool:
+    """Whether ``import name`` can succeed, without importing it (a blocked or broken finder counts as absent)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def tensorboard_backend() -> str | None:
+    """The package event files are written with: ``"tensorboardX"``, else ``"torch.utils.tensorboard"`` when the
+    ``tensorboard`` package is installed, else None."""
+    if _importable("tensorboardX"):
+        return "tensorboardX"
+    if _importable("tensorboard"):
+        return "torch.utils.tensorboard"
+    return None
+
+
 def _hparam_value(value: Any) -> bool | int | float | str:
     """Reduce one (flattened) hyperparameter to a type the TensorBoard hparams plugin understands."""
     if isinstance(value, Enum):
@@ -40,8 +60,10 @@ def _hparam_value(value: Any) -> bool | int | float | str:
 class TensorBoardLogger(FolderLogger):
     """Log to TensorBoard event files in ``os.path.join(root_dir, name, version[, sub_dir])``.
 
-    The ``tensorboardX.SummaryWriter`` (:attr:`experiment`) is created on the first write, and only
-    on the process with global rank 0; other ranks write nothing.
+    The ``SummaryWriter`` (:attr:`experiment`) is created on the first write, and only on the process with
+    global rank 0; other ranks write nothing. It is tensorboardX's when tensorboardX is installed, else
+    ``torch.utils.tensorboard``'s (which needs the ``tensorboard`` package); both have the same methods
+    (``add_scalar``, ``add_image``, ``add_histogram``, ...) and write the same event files.
 
     Args:
         root_dir: the folder that holds all experiments.
@@ -51,10 +73,10 @@ class TensorBoardLogger(FolderLogger):
             so that TensorBoard's HPARAMS tab has a column to show.
         prefix: put in front of every metric name, joined with ``"-"``.
         sub_dir: an extra folder below the version folder, e.g. to keep train and validation apart.
-        **kwargs: passed on to ``tensorboardX.SummaryWriter`` (e.g. ``flush_secs``, ``max_queue``).
+        **kwargs: passed on to ``SummaryWriter`` (e.g. ``flush_secs``, ``max_queue``).
 
     Raises:
-        MissingPackageError: tensorboardX is not installed.
+        MissingPackageError: neither tensorboardX nor tensorboard is installed.
 
     Example:
         >>> import tempfile
@@ -76,9 +98,14 @@ class TensorBoardLogger(FolderLogger):
         sub_dir: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        if importlib.util.find_spec("tensorboardX") is None:
-            raise missing_package("tensorboardX", "tensorboard", "TensorBoardLogger")
+        backend = tensorboard_backend()
+        if backend is None:
+            raise missing_package(
+                "tensorboardX", "tensorboard", "TensorBoardLogger",
+                hint="or pip install tensorboard (then torch.utils.tensorboard writes the events)",
+            )
         super().__init__(root_dir, name, version, prefix)
+        self._backend = backend
         self._default_hp_metric = default_hp_metric
         self._sub_dir = None if sub_dir is None else os.fspath(sub_dir)
         self._kwargs = kwargs
@@ -99,11 +126,14 @@ class TensorBoardLogger(FolderLogger):
 
     @property
     def experiment(self) -> SummaryWriter | DummyExperiment:
-        """The ``tensorboardX.SummaryWriter``, made on first use (a do-nothing stand-in on ranks other than 0)."""
+        """The ``SummaryWriter``, made on first use (a do-nothing stand-in on ranks other than 0)."""
         if rank_zero_only.rank != 0:  # type: ignore[attr-defined]
             return DummyExperiment()
         if self._experiment is None:
-            from tensorboardX import SummaryWriter
+            if self._backend == "tensorboardX":
+                from tensorboardX import SummaryWriter
+            else:
+                from torch.utils.tensorboard import SummaryWriter  # type: ignore[assignment]
 
             self._experiment = SummaryWriter(log_dir=self.log_dir, **self._kwargs)
         return self._experiment
@@ -141,7 +171,10 @@ class TensorBoardLogger(FolderLogger):
             metrics: metrics to show next to them, logged at step 0; a bare number is named ``hp_metric``.
                 None logs ``hp_metric = -1`` when ``default_hp_metric`` is true.
         """
-        from tensorboardX.summary import hparams
+        if self._backend == "tensorboardX":
+            from tensorboardX.summary import hparams
+        else:
+            from torch.utils.tensorboard.summary import hparams  # type: ignore[no-redef]
 
         flat = {key: _hparam_value(value) for key, value in flatten_dict(convert_params(params)).items()}
         if metrics is None:

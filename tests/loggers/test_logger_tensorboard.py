@@ -47,11 +47,54 @@ def test_import_does_not_import_tensorboardx() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_missing_tensorboardx_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # what find_spec sees when the package is absent
-    expected = r"TensorBoardLogger needs the package 'tensorboardX'.*fabric-lite\[tensorboard\]"
+def test_neither_tensorboardx_nor_tensorboard_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # what find_spec sees when a package is absent
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    expected = (r"TensorBoardLogger needs the package 'tensorboardX'.*pip install 'torch-fabric-lite\[tensorboard\]'"
+                r".*or pip install tensorboard \(then torch.utils.tensorboard writes the events\)")
     with pytest.raises(MissingPackageError, match=expected):
         TensorBoardLogger(tmp_path)
+
+
+# A meta-path finder in the child only: tensorboardX cannot be imported there, as if it were not installed.
+BLOCK_TENSORBOARDX = """
+    import sys
+    class BlockTensorboardX:
+        def find_spec(self, name, path=None, target=None):
+            if name == "tensorboardX" or name.startswith("tensorboardX."):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+    sys.meta_path.insert(0, BlockTensorboardX())
+"""
+
+
+def test_falls_back_to_torch_utils_tensorboard_without_tensorboardx(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="the fallback writes through torch.utils.tensorboard, which needs it")
+    plugin_data_pb2 = pytest.importorskip("tensorboard.plugins.hparams.plugin_data_pb2")
+    code = BLOCK_TENSORBOARDX + f"""
+    import torch
+    from fabric_lite.loggers import TensorBoardLogger
+    logger = TensorBoardLogger({str(tmp_path)!r})
+    logger.log_hyperparams({{"lr": 0.5, "optim": {{"name": "sgd"}}}})
+    logger.log_metrics({{"loss": torch.tensor(0.25)}}, step=3)
+    logger.log_metrics({{"loss": 0.125}}, step=4)
+    logger.experiment.add_image("sample", torch.zeros(3, 4, 5), 4)
+    logger.log_graph(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+    logger.finalize("success")
+    print(type(logger.experiment).__module__, "tensorboardX" in sys.modules)
+    """
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["torch.utils.tensorboard.writer", "False"]
+
+    events = load_events(str(tmp_path / "lightning_logs" / "version_0"))
+    assert scalars(events, "loss") == [(3, 0.25), (4, 0.125)]
+    assert scalars(events, "hp_metric") == [(0, -1.0)]
+    assert [(image.step, image.width, image.height) for image in events.Images("sample")] == [(4, 5, 4)]
+    assert events.Tags()["graph"] is True
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert (hparams["lr"].number_value, hparams["optim/name"].string_value) == (0.5, "sgd")
 
 
 def test_layout_and_lazy_writer(tmp_path: Path) -> None:
