@@ -19,7 +19,7 @@ from torch import nn
 from fabric_lite.errors import ConfigurationError, UsageError
 from fabric_lite.trainer.hooks import ModelHooks
 from fabric_lite.trainer.loops import hooks as loop_hooks
-from fabric_lite.trainer.loops.optimization import ManualOptimizer, inner_optimizer
+from fabric_lite.trainer.loops.optimization import inner_optimizer, lightning_optimizers
 from fabric_lite.utilities.apply_func import move_data_to_device
 from fabric_lite.wrappers import unwrap
 
@@ -317,10 +317,13 @@ class LightningModule(ModelHooks, nn.Module):
 
     # ------------------------------------------------------------------------------ optimisation
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
-        """The set-up optimizer(s): one object, or a list when there are several."""
-        optimizers = self.trainer.optimizers
-        if use_pl_optimizer:
-            optimizers = [ManualOptimizer(o, self.trainer) for o in optimizers]
+        """The set-up optimizer(s): one object, or a list when there are several.
+
+        Each is a ``torch.optim.Optimizer`` (``isinstance`` holds for its own class too) whose ``step(closure)``
+        runs the closure, the ``on_before_optimizer_step`` hooks and the step through Fabric, and counts a
+        ``global_step`` under manual optimisation. ``use_pl_optimizer=False``: the Fabric-set-up optimizers.
+        """
+        optimizers = lightning_optimizers(self.trainer) if use_pl_optimizer else list(self.trainer.optimizers)
         return optimizers[0] if len(optimizers) == 1 else optimizers
 
     def lr_schedulers(self) -> Any:
@@ -397,10 +400,23 @@ class LightningModule(ModelHooks, nn.Module):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        """Zero the gradients (at the first batch of each accumulation window); override to customise."""
         optimizer.zero_grad()
 
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
-        optimizer.step()
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Step ``optimizer`` with ``optimizer_closure`` (training_step, zero_grad, backward, pre-step hooks, clipping).
+
+        Override it as Lightning's docs do, e.g. for a learning-rate warm-up::
+
+            def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+                optimizer.step(closure=optimizer_closure)
+                if self.trainer.global_step < 500:
+                    for pg in optimizer.param_groups:
+                        pg["lr"] = min(1.0, (self.trainer.global_step + 1) / 500) * self.hparams.lr
+
+        The closure must run once (through ``optimizer.step(closure=...)`` or by calling it).
+        """
+        optimizer.step(closure=optimizer_closure)
 
     # ------------------------------------------------------------------------------ copies
     def __getstate__(self) -> dict[str, Any]:

@@ -134,3 +134,173 @@ def test_decorated_step_signature_is_read_through_functools_wraps(tmp_path):
     model = Decorated()
     _trainer(tmp_path, max_steps=1).fit(model, _loader())
     assert model.seen == [("traced", 1)]
+
+
+# ---------------------------------------------------------------------------------------------- 2. optimizer_step override
+class WarmUp(_Base):
+    """Lightning's documented LR warm-up: adjust pg["lr"] in optimizer_step, then step with the closure."""
+
+    def __init__(self, lr: float = 0.1, warmup: int = 3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.calls: list[tuple[Any, ...]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.calls.append(("training_step", batch_idx))
+        return nn.functional.mse_loss(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+        self.calls.append(("optimizer_zero_grad", epoch, batch_idx))
+        optimizer.zero_grad(set_to_none=True)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+        self.calls.append(("optimizer_step", epoch, batch_idx, isinstance(optimizer, torch.optim.SGD)))
+        if self.trainer.global_step < self.hparams.warmup:
+            scale = min(1.0, float(self.trainer.global_step + 1) / self.hparams.warmup)
+            for pg in optimizer.param_groups:
+                pg["lr"] = scale * self.hparams.lr
+        optimizer.step(closure=optimizer_closure)
+        self.calls.append(("lr", optimizer.param_groups[0]["lr"]))
+
+
+def test_lr_warm_up_optimizer_step_override_runs_the_closure_and_sets_the_lr(tmp_path):
+    model = WarmUp()
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, _loader(16))
+    steps = [c for c in model.calls if c[0] == "optimizer_step"]
+    assert steps == [("optimizer_step", 0, i, True) for i in range(4)]
+    assert [c[1] for c in model.calls if c[0] == "lr"] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1, 0.1])
+    # the closure runs inside optimizer.step: optimizer_step starts, then training_step, then zero_grad (Lightning's order)
+    assert model.calls[:3] == [("optimizer_step", 0, 0, True), ("training_step", 0), ("optimizer_zero_grad", 0, 0)]
+    assert trainer.global_step == 4
+
+
+def test_accumulation_runs_the_closure_directly_and_calls_optimizer_step_at_the_window_end(tmp_path):
+    model = WarmUp(warmup=0)
+    trainer = _trainer(tmp_path, max_epochs=1, accumulate_grad_batches=3)
+    trainer.fit(model, _loader(16))  # 4 batches: windows [0, 1, 2] and [3] (the epoch's last batch steps)
+    names = [(c[0], c[-2] if c[0] == "optimizer_step" else c[-1]) for c in model.calls if c[0] != "lr"]
+    assert names == [("training_step", 0), ("optimizer_zero_grad", 0), ("training_step", 1),
+                     ("optimizer_step", 2), ("training_step", 2),
+                     ("optimizer_step", 3), ("training_step", 3), ("optimizer_zero_grad", 3)]
+    assert trainer.global_step == 2
+
+
+def test_optimizer_step_that_never_runs_the_closure_is_refused(tmp_path):
+    class Forgetful(WarmUp):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+            optimizer.step()
+
+    with pytest.raises(Exception, match=r"Forgetful.optimizer_step\(...\) returned without running the optimizer_closure.*"
+                                        r"Fix: call optimizer.step\(closure=optimizer_closure\)"):
+        _trainer(tmp_path, max_steps=1).fit(Forgetful(), _loader())
+
+
+def test_closure_loss_is_returned_by_step_so_lbfgs_works(tmp_path):
+    class WithLBFGS(_Base):
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.LBFGS(self.parameters(), lr=0.5, max_iter=5)
+
+    model = WithLBFGS()
+    data = _loader(16, batch_size=16)
+    x, y = next(iter(data))
+    before = nn.functional.mse_loss(model(x), y).item()
+    _trainer(tmp_path, max_epochs=3).fit(model, data)
+    assert nn.functional.mse_loss(model(x), y).item() < before * 0.1  # LBFGS re-evaluated the closure
+
+
+# ---------------------------------------------------------------------------------------------- 3. optimizers() and manual
+class ManualBoring(LightningModule):
+    """Lightning's manual-optimization example: opt.step(closure) with manual_backward inside the closure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        torch.manual_seed(0)
+        self.layer = nn.Linear(3, 1)
+        self.seen: list[Any] = []
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        sch = self.lr_schedulers()
+        self.seen.append((isinstance(opt, torch.optim.Optimizer), isinstance(opt, torch.optim.SGD), opt is self.optimizers()))
+
+        def closure():
+            loss = nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+            opt.zero_grad()
+            self.manual_backward(loss)
+            self.clip_gradients(opt, gradient_clip_val=0.01, gradient_clip_algorithm="value")
+            self.seen.append(max(p.grad.abs().max().item() for p in self.parameters()))
+            return loss
+
+        opt.step(closure=closure)
+        sch.step()
+        self.seen.append(opt.param_groups[0]["lr"])
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
+
+
+def test_manual_optimization_with_a_closure_clipping_and_a_scheduler_stepped_by_the_user(tmp_path):
+    model = ManualBoring()
+    before_step: list[int] = []
+
+    class Steps(__import__("fabric_lite.trainer.callbacks", fromlist=["Callback"]).Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            before_step.append(trainer.global_step)
+
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[Steps()])
+    trainer.fit(model, _loader(12))
+    checks, grads, lrs = model.seen[0::3], model.seen[1::3], model.seen[2::3]
+    assert checks == [(True, True, True)] * 3
+    assert all(g <= 0.01 + 1e-7 for g in grads)  # clipped by value inside the closure
+    assert lrs == pytest.approx([0.05, 0.025, 0.0125])  # the user's sch.step() only: nothing stepped it again
+    assert trainer.global_step == 3 and before_step == [0, 1, 2]  # the hook runs after the closure, before the step
+
+
+def test_optimizers_returns_a_list_of_optimizer_instances_with_several(tmp_path):
+    class Two(_Base):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.other = nn.Linear(3, 1)
+
+        def training_step(self, batch):
+            a, b = self.optimizers()
+            self.seen.append((type(a).__name__, type(b).__name__, isinstance(b, torch.optim.Adam), type(a.optimizer).__name__,
+                              type(self.optimizers(use_pl_optimizer=False)[0]).__name__))
+            a.step()
+            b.step()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.layer.parameters(), lr=0.1), torch.optim.Adam(self.other.parameters())
+
+    model = Two()
+    trainer = _trainer(tmp_path, max_steps=4)
+    trainer.fit(model, _loader(8))
+    assert model.seen == [("LightningSGD", "LightningAdam", True, "SGD", "FabricSGD")] * 2
+    assert trainer.global_step == 4  # every optimizer.step() counts under manual optimization, as in Lightning
+
+
+def test_manual_step_errors_name_the_fix(tmp_path):
+    class Bad(ManualBoring):
+        def training_step(self, batch, batch_idx):
+            self.optimizers().step(closure=1.0)
+
+    with pytest.raises(ConfigurationError, match=r"optimizer.step\(closure=1.0\): the closure must be callable"):
+        _trainer(tmp_path, max_steps=1).fit(Bad(), _loader())
+
+    class BadClip(ManualBoring):
+        def training_step(self, batch, batch_idx):
+            self.clip_gradients(self.optimizers(), gradient_clip_val=1.0, gradient_clip_algorithm="max")
+
+    with pytest.raises(ConfigurationError, match=r"gradient_clip_algorithm='max'\) is not a known algorithm. Choose one of: "
+                                                 r"norm, value"):
+        _trainer(tmp_path, max_steps=1).fit(BadClip(), _loader())
