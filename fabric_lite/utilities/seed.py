@@ -13,11 +13,14 @@ from typing import Any
 import torch
 
 from fabric_lite.errors import ConfigurationError
+from fabric_lite.utilities.console import configure_logger
 from fabric_lite.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 SEED_VARIABLE = "FABRIC_LITE_GLOBAL_SEED"
 WORKERS_VARIABLE = "FABRIC_LITE_SEED_WORKERS"
 _MAX_SEED = 2**32 - 1
+
+configure_logger()  # "Seed set to N" shows by default (this module is imported by ``import fabric_lite``)
 
 
 def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
@@ -27,7 +30,7 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
         seed: the seed; ``None`` reads ``FABRIC_LITE_GLOBAL_SEED`` or falls back to 0.
         workers: also give every dataloader worker a distinct, reproducible seed
             (applied by ``Fabric.setup_dataloaders``).
-        verbose: log the seed on rank zero.
+        verbose: log ``Seed set to N`` on rank zero (the ``fabric_lite`` logger, INFO; shown on stderr by default).
 
     Example:
         >>> seed_everything(7, verbose=False)

@@ -56,9 +56,9 @@ class Regressor(LightningModule):
 
 
 def quiet_trainer(tmp_path: Any, **kwargs: Any) -> Trainer:
-    """A CPU Trainer without progress bar, logger or checkpoints unless asked for."""
+    """A CPU Trainer without progress bar, model summary, logger or checkpoints unless asked for."""
     defaults = {"accelerator": "cpu", "devices": 1, "default_root_dir": str(tmp_path), "enable_progress_bar": False,
-                "logger": False, "enable_checkpointing": False, "num_sanity_val_steps": 0}
+                "logger": False, "enable_checkpointing": False, "num_sanity_val_steps": 0, "enable_model_summary": False}
     if any(type(c).__name__ == "ModelCheckpoint" for c in kwargs.get("callbacks", [])):
         defaults["enable_checkpointing"] = True
     defaults.update(kwargs)
