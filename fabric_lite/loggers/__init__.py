@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from fabric_lite.loggers.base import Logger
 from fabric_lite.loggers.csv import CSVLogger
+from fabric_lite.loggers.default import default_logger
 from fabric_lite.loggers.tensorboard import TensorBoardLogger
 
-__all__ = ["CSVLogger", "Logger", "TensorBoardLogger"]
+__all__ = ["CSVLogger", "Logger", "TensorBoardLogger", "default_logger"]

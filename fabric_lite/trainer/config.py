@@ -96,9 +96,9 @@ def resolve(given: dict[str, Any], legacy: dict[str, Any]) -> tuple[TrainerConfi
         auto_scale_batch_size=asbs or None, enable_early_stop=special.get("enable_early_stop"), **v,
     )
     if logger is None or logger is True:
-        from fabric_lite.loggers import CSVLogger
+        from fabric_lite.loggers import default_logger  # TensorBoard when installed, else CSV (as Lightning)
 
-        loggers: list[Any] = [CSVLogger(root)]
+        loggers: list[Any] = [default_logger(root)]
     elif logger is False:
         loggers = []
     else:
