@@ -282,17 +282,45 @@ class Fabric:
         """Send ``obj`` (a tensor or any picklable object) from rank ``src`` to every rank."""
         return self._strategy.broadcast(obj, src=src)
 
-    def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False, *, same_shape: bool = False) -> Any:
-        """Gather tensors (or numbers, or collections of them) from every rank; each result has a leading world_size dimension.
+    def all_gather(
+        self,
+        data: Any,
+        group: Any | None = None,
+        sync_grads: bool = False,
+        *,
+        same_shape: bool = False,
+        stacked: bool = False,
+    ) -> Any:
+        """Gather tensors (or numbers, or collections of them) from every rank.
+
+        As in Lightning, each result has shape ``(world_size, *shape)``, and at world size 1 no dimension is
+        added: the tensor comes back as it is (on ``fabric.device``; a Python number becomes a 0-dim tensor).
+        ``stacked=True`` always adds the leading world-size dimension, also in one process (``(1, *shape)``),
+        for code that should not branch on the process count. Collections are gathered element by element.
 
         Every rank first learns the others' shapes, dtypes and device types (one small extra collective), so
-        uneven first dimensions are concatenated and a dtype or device mismatch raises on every rank.
-        ``same_shape=True`` skips that exchange when you know every rank passes the same shape, dtype and
-        device type (then a mismatch is undefined behaviour, as with raw ``torch.distributed.all_gather``).
+        uneven first dimensions are concatenated (no leading dimension then, with or without ``stacked``) and a
+        dtype or device mismatch raises on every rank. ``same_shape=True`` skips that exchange when you know
+        every rank passes the same shape, dtype and device type (then a mismatch is undefined behaviour, as with
+        raw ``torch.distributed.all_gather``). Without ``sync_grads=True`` the result carries no gradient.
+
+        Example:
+            >>> fabric = Fabric(accelerator="cpu")
+            >>> fabric.all_gather(torch.tensor([1.0, 2.0])).shape, fabric.all_gather(2.5)
+            (torch.Size([2]), tensor(2.5000))
+            >>> fabric.all_gather({"x": torch.tensor([1.0, 2.0])}, stacked=True)["x"].shape
+            torch.Size([1, 2])
         """
         data = convert_to_tensors(data, device=self.device)
+        # The strategy always stacks (its contract); in one process Fabric takes the one slice back out.
+        unstack = not stacked and self.world_size == 1
         gather = self._strategy.all_gather
-        return apply_to_collection(data, torch.Tensor, gather, group=group, sync_grads=sync_grads, same_shape=same_shape)
+
+        def one(tensor: torch.Tensor) -> torch.Tensor:
+            gathered = gather(tensor, group=group, sync_grads=sync_grads, same_shape=same_shape)
+            return gathered[0] if unstack else gathered
+
+        return apply_to_collection(data, torch.Tensor, one)
 
     def all_reduce(self, data: Any, group: Any | None = None, reduce_op: str | Any = "mean") -> Any:
         """Reduce tensors (or numbers, or collections) across ranks with ``sum``, ``mean``, ``max`` or ``min``."""

@@ -36,7 +36,7 @@ def child(empty_init: bool) -> None:
     local = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
     full = sum(p.numel() * p.element_size() for p in model.parameters())
     stats = torch.tensor([(peak - base) / 1024, local / 2**20], dtype=torch.float64)
-    gathered = fabric.all_gather(stats)
+    gathered = fabric.all_gather(stats, stacked=True)  # one row per rank, also with one process
     if fabric.global_rank == 0:
         label = "empty_init=True " if empty_init else "empty_init=False"
         for rank, (grow, shard) in enumerate(gathered.tolist()):

@@ -179,10 +179,11 @@ def test_clip_gradients_raises_on_nonfinite_norm_in_fp32():
 def test_collectives_are_identities_with_world_size_shapes():
     fabric = Fabric(accelerator="cpu")
     t = torch.arange(6.0).reshape(2, 3)
-    gathered = fabric.all_gather(t)
-    assert gathered.shape == (1, 2, 3) and torch.equal(gathered[0], t)
+    gathered = fabric.all_gather(t)  # world size 1: no leading dimension (Lightning); stacked=True adds it
+    assert gathered.shape == (2, 3) and torch.equal(gathered, t)
+    assert fabric.all_gather(t, stacked=True).shape == (1, 2, 3)
     gathered = fabric.all_gather({"a": 1.5, "b": [torch.tensor(2)]})
-    assert gathered["a"].shape == (1,) and gathered["a"].item() == 1.5 and gathered["b"][0].shape == (1,)
+    assert gathered["a"].shape == () and gathered["a"].item() == 1.5 and gathered["b"][0].shape == ()
     w = torch.ones(2, requires_grad=True)
     assert not fabric.all_gather(w).requires_grad and fabric.all_gather(w, sync_grads=True).requires_grad
     for op in ("sum", "mean", "max", "min"):

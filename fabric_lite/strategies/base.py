@@ -257,7 +257,11 @@ class Strategy:
     def all_gather(
         self, tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False, *, same_shape: bool = False
     ) -> torch.Tensor:
-        """Stack every rank's tensor along a new first dimension of size world_size (1 here)."""
+        """Stack every rank's tensor along a new first dimension of size world_size (1 here).
+
+        Strategies always stack (uneven first dimensions concatenate); ``Fabric.all_gather`` removes the
+        dimension again at world size 1 unless asked for ``stacked=True``, as Lightning documents.
+        """
         gathered = tensor.unsqueeze(0)
         return gathered if sync_grads else gathered.detach()
 

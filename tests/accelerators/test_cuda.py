@@ -136,7 +136,7 @@ def test_checkpoint_round_trip_on_cuda_and_optimizer_state_follows_setup(tmp_pat
 def test_collectives_return_cuda_tensors():
     fabric = Fabric(accelerator="cuda", devices=1)
     gathered = fabric.all_gather(3.0)
-    assert gathered.device.type == "cuda" and gathered.shape == (1,)
+    assert gathered.device.type == "cuda" and gathered.shape == ()  # world size 1: a scalar tensor, as Lightning
     assert fabric.all_reduce(torch.ones(2), reduce_op="sum").device.type == "cuda"
 
 
@@ -194,4 +194,4 @@ def test_16_mixed_backward_without_a_set_up_optimizer_is_refused_on_cuda():
 def test_all_gather_single_process_keeps_dtype_on_cuda():
     fabric = Fabric(accelerator="cuda", devices=1)
     out = fabric.all_gather(torch.ones(3, dtype=torch.bfloat16, device="cuda"))
-    assert out.dtype == torch.bfloat16 and out.shape == (1, 3) and out.device.type == "cuda"
+    assert out.dtype == torch.bfloat16 and out.shape == (3,) and out.device.type == "cuda"

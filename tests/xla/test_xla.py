@@ -156,7 +156,7 @@ def test_xla_strategy_one_replica_through_torch_xla_launch(results):
     assert learned(rep["losses"]) and rep["param_diff_vs_eager"] < 1e-5
     # every collective went through torch_xla (xm.all_reduce, all_gather, collective_broadcast, rendezvous)
     assert rep["all_reduce_sum"] == [1.0, 2.0] and rep["all_reduce_mean"] == 3.0
-    assert rep["all_gather_shape"] == [1, 2]
+    assert rep["all_gather_shape"] == [2] and rep["all_gather_stacked_shape"] == [1, 2]  # world size 1
     assert rep["broadcast"] == {"lr": 0.5, "names": ["a", "b"]}
     assert rep["product_error"] == (
         "all_reduce(reduce_op=ReduceOp.PRODUCT) has no torch_xla equivalent. Choose one of: sum, mean, max, min."

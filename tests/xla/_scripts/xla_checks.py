@@ -231,6 +231,7 @@ def _train_replica(fabric, out):
     r["all_reduce_sum"] = fabric.all_reduce(torch.tensor([1.0, 2.0]), reduce_op="sum").cpu().tolist()
     r["all_reduce_mean"] = fabric.all_reduce(torch.tensor(3.0)).cpu().item()
     r["all_gather_shape"] = list(fabric.all_gather(torch.tensor([1.0, 2.0])).shape)
+    r["all_gather_stacked_shape"] = list(fabric.all_gather(torch.tensor([1.0, 2.0]), stacked=True).shape)
     r["broadcast"] = fabric.broadcast({"lr": 0.5, "names": ["a", "b"]}, src=0)
     try:
         fabric.all_reduce(torch.tensor(1.0), reduce_op=torch.distributed.ReduceOp.PRODUCT)
