@@ -192,5 +192,8 @@ PRECISIONS.register(
 ENVIRONMENTS = Registry("cluster environment")
 ENVIRONMENTS.register("torchelastic", "fabric_lite.environments.torchelastic:TorchElasticEnvironment")
 ENVIRONMENTS.register("slurm", "fabric_lite.environments.slurm:SLURMEnvironment")
+ENVIRONMENTS.register("lsf", "fabric_lite.environments.lsf:LSFEnvironment")
+ENVIRONMENTS.register("mpi", "fabric_lite.environments.mpi:MPIEnvironment")
+ENVIRONMENTS.register("kubeflow", "fabric_lite.environments.kubeflow:KubeflowEnvironment")
 ENVIRONMENTS.register("xla", "fabric_lite.environments.xla:XLAEnvironment")
 ENVIRONMENTS.register("local", "fabric_lite.environments.local:LocalEnvironment")

@@ -5,7 +5,7 @@ All argument resolution happens here and only here (ARCHITECTURE.md, "Where each
 1. Normalise: lower-case strings, map aliases; an instance beats a string; an instance plus a
    conflicting string is an error. ``FABRIC_LITE_*`` settings handed over by ``fabric-run`` are read here.
 2. Accelerator: "auto" is the first available of xla, cuda, mps, cpu.
-3. Environment: the first of torchelastic, (slurm, xla) whose ``detect()`` is true, else local.
+3. Environment: the first of torchelastic, lsf, mpi, slurm, kubeflow, xla whose ``detect()`` is true, else local.
 4. Strategy: "auto" is single_device at world size 1, else the accelerator's default.
 5. Precision and launcher: table look-ups.
 6. Validate against one table of unsupported combinations, each with its fix.
@@ -45,8 +45,13 @@ HANDOVER = {
 }
 _DEFAULTS: dict[str, Any] = {"accelerator": "auto", "strategy": "auto", "devices": "auto", "num_nodes": 1, "precision": None}
 
-# The order in which environments are detected; the last always matches.
-_ENVIRONMENT_ORDER = ("torchelastic", "slurm", "xla", "local")
+# The order in which environments are detected; the last always matches. A launcher that starts the training
+# processes itself comes before the scheduler it may run under: torchrun's workers carry the variables of whatever
+# started torchrun; jsrun's tasks may carry OpenMPI's too (same ranks, but LSF also names the hosts); and mpirun
+# (OpenMPI, Intel MPI) inside a SLURM job starts its per-node daemons with srun, so its processes inherit a SLURM
+# step's variables that count nodes, not processes. Kubeflow's pod variables are plain RANK/WORLD_SIZE, so any
+# launcher that sets its own wins over them.
+_ENVIRONMENT_ORDER = ("torchelastic", "lsf", "mpi", "slurm", "kubeflow", "xla", "local")
 # strategy="auto" with more than one process, by accelerator.
 _MULTI_PROCESS_DEFAULT = {"cpu": "ddp", "cuda": "ddp", "mps": "ddp", "xla": "xla"}
 _SINGLE_PROCESS_DEFAULT = {"xla": "single_xla"}
@@ -296,9 +301,12 @@ def _resolve_environment(plugin: ClusterEnvironment | None, env: Mapping[str, st
         reasons["cluster_environment"] = "a ClusterEnvironment plugin was passed"
         return plugin.name or type(plugin).__name__
     for name in _ENVIRONMENT_ORDER:
-        if ENVIRONMENTS.get(name, asked=name).load().detect(env):
+        environment = ENVIRONMENTS.get(name, asked=name).load()
+        if environment.detect(env):
+            describe = getattr(environment, "describe", None)
             reasons["cluster_environment"] = (
-                "no launcher variables found" if name == "local" else f"detected {name} variables"
+                "no launcher variables found" if name == "local"
+                else f"detected {name} variables" + (f": {describe(env)}" if describe is not None else "")
             )
             return name
     raise AssertionError("the local environment always matches")
