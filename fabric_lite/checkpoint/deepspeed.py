@@ -27,6 +27,7 @@ from fabric_lite.checkpoint.deepspeed_universal import (
 )
 from fabric_lite.checkpoint.folder import MARKER, move_into_place, temporary_sibling
 from fabric_lite.checkpoint.io import atomic_save, fsync_dir
+from fabric_lite.checkpoint.remote import refuse_folder
 from fabric_lite.checkpoint.state import META_KEY, restore_state, to_saveable
 from fabric_lite.errors import CheckpointError, ConfigurationError, missing_package
 
@@ -54,6 +55,7 @@ def save_checkpoint(
             "model and optimizer shards whole. Fix: save without filter, then consolidate and filter the file: "
             "consolidate_deepspeed_checkpoint(folder, output)."
         )
+    refuse_folder(path, asked=f"fabric.save({path!r})", what="DeepSpeed checkpoints (folders the engine writes)")
     if not isinstance(state, Mapping):
         to_saveable(state, strategy)  # raises the standard error
     path = Path(strategy.broadcast(str(path)))  # every rank writes into rank 0's folder
@@ -99,6 +101,7 @@ def load_checkpoint(
     Without the optimizer in ``state`` (or for a model set up without one) the whole weights load at any world
     size from any optimizer's checkpoint, and the optimizer keeps its state.
     """
+    refuse_folder(path, asked=f"fabric.load({path!r})", what="DeepSpeed checkpoints (folders the engine reads)")
     path = Path(strategy.broadcast(str(path)))
     source = str(path)
     if path.is_file():

@@ -12,6 +12,7 @@ marker lists the size and CRC-32 of each of its files (see ``folder``).
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import zipfile
 import zlib
@@ -63,13 +64,15 @@ def _seal_problem(archive: zipfile.ZipFile, handle: IO[bytes]) -> str | None:
     return None
 
 
-def archive_problem(path: Path) -> str | None:
+def archive_problem(path: Path | IO[bytes]) -> str | None:
     """Why ``path`` is not an intact torch zip archive (a short phrase), or ``None`` when every record checks out.
 
+    ``path`` may be a readable, seekable file object instead (a remote file opened through fsspec); it stays open.
     An archive written with ``compute_crc32=False`` holds no checksums (all zero): only its layout is checked.
     """
+    opened = contextlib.nullcontext(path) if hasattr(path, "read") else open(path, "rb")
     try:
-        with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+        with opened as handle, zipfile.ZipFile(handle) as archive:
             seal = _seal_problem(archive, handle)
             if seal is not None:
                 return seal

@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from fabric_lite.checkpoint.disk import os_error_in, probe, write_error
 from fabric_lite.checkpoint.integrity import archive_problem, seal_archive
+from fabric_lite.checkpoint.remote import RemotePath, SealingWriter, fsync_local, is_url, resolve
 from fabric_lite.errors import CheckpointError
 
 
@@ -34,6 +36,10 @@ def atomic_save(obj: Any, path: str | Path, *, asked: str | None = None) -> None
         >>> sorted(os.listdir(d))
         ['a.ckpt']
     """
+    if is_url(path):
+        asked = asked or f"fabric.save({path!r})"
+        _save_remote(obj, resolve(path, asked=asked), asked=asked)
+        return
     path = Path(path)
     asked = asked or f"fabric.save({str(path)!r})"
     if path.is_dir():
@@ -69,6 +75,67 @@ def atomic_save(obj: Any, path: str | Path, *, asked: str | None = None) -> None
             raise mapped from None
         raise
     fsync_dir(path.parent)
+
+
+def _save_remote(obj: Any, target: RemotePath, *, asked: str) -> None:
+    """``atomic_save`` to a URL: a temporary name and an atomic ``mv`` where the store has one, else one upload.
+
+    See ``remote`` for what each kind of store guarantees.
+    """
+    fs = target.fs
+    if fs.isdir(target.path):
+        raise CheckpointError(
+            f"{asked} cannot write a file there: that URL is an existing folder. "
+            f"Fix: choose a file path such as {str(target.child('last.ckpt'))!r}."
+        )
+    kept = "The checkpoint at that URL (if any) is unchanged and no temporary file was left."
+    staged: RemotePath | None = None
+    try:
+        fs.makedirs(target.parent.path, exist_ok=True)
+        if target.renames_atomically:
+            staged = target.parent.child(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+            handle = fs.open(staged.path, "wb")
+            try:
+                writer = SealingWriter(handle)
+                torch.save(obj, writer)
+                writer.finish()
+                handle.flush()
+                if target.is_local:
+                    os.fsync(handle.fileno())
+            finally:
+                handle.close()
+            fs.mv(staged.path, target.path)
+            staged = None
+        else:  # an object store: the complete, sealed archive is uploaded once to the final key
+            with tempfile.TemporaryDirectory(prefix="fabric_lite-upload-") as spool:
+                local = os.path.join(spool, target.name)
+                with open(local, "w+b") as handle:
+                    torch.save(obj, handle)
+                    seal_archive(handle)
+                fs.put_file(local, target.path)
+    except BaseException as error:
+        if staged is not None:
+            _remove_quietly(fs, staged.path)
+        if not isinstance(error, Exception) or isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"{asked} could not write {target.url!r}: {type(error).__name__}: {_first_line(error)}. {kept} "
+            f"Fix: check that the store is reachable and writable (credentials, bucket, quota), then save again."
+        ) from error
+    if target.is_local:
+        fsync_local(target.parent.path)
+
+
+def _remove_quietly(fs: Any, path: str) -> None:
+    try:
+        if fs.exists(path):
+            fs.rm(path)
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0] or "no message"
 
 
 def _umask() -> int:
@@ -108,23 +175,27 @@ def _check_format(path: Path) -> bytes:
             head = handle.read(4)
     except OSError as error:
         raise _unreadable(path, f"it cannot be opened ({error.strerror})") from None
+    return _check_head(head, str(path), str(path.parent))
+
+
+def _check_head(head: bytes, shown: str, folder: str) -> bytes:
     if not head:
         raise CheckpointError(
-            f"fabric.load({str(path)!r}) got an empty file (0 bytes): a save or copy that was cut off. "
-            f"Fix: load another checkpoint from {str(path.parent)!r} (fabric.save writes atomically, so an older one "
+            f"fabric.load({shown!r}) got an empty file (0 bytes): a save or copy that was cut off. "
+            f"Fix: load another checkpoint from {folder!r} (fabric.save writes atomically, so an older one "
             f"is complete)."
         )
     # torch.save writes a zip archive (b"PK\x03\x04"); its legacy format and plain pickles start with PROTO (0x80).
     if head != b"PK\x03\x04" and head[:1] != b"\x80":
         raise CheckpointError(
-            f"fabric.load({str(path)!r}) got a file that is not a torch checkpoint: it is neither a zip archive "
+            f"fabric.load({shown!r}) got a file that is not a torch checkpoint: it is neither a zip archive "
             f"(torch.save's format) nor a pickle (it starts with {head!r}). It is damaged or of another format. "
-            f"Fix: pass a file written by fabric.save or torch.save, or load another checkpoint from {str(path.parent)!r}."
+            f"Fix: pass a file written by fabric.save or torch.save, or load another checkpoint from {folder!r}."
         )
     return head
 
 
-def _unreadable(path: Path, problem: str) -> CheckpointError:
+def _unreadable(path: Path | RemotePath, problem: str) -> CheckpointError:
     return CheckpointError(
         f"fabric.load({str(path)!r}) could not read the file: {problem}. It is not a complete torch checkpoint: it was "
         f"cut off or changed after it was written, or is of another kind. Fix: load another checkpoint from "
@@ -154,6 +225,8 @@ def load_checkpoint_file(path: str | Path, *, weights_only: bool = True, map_loc
         weights_only: keep ``True`` unless you trust the file: ``False`` lets pickle run any code in it.
         map_location: where tensors are loaded (CPU by default; the strategy moves them afterwards).
     """
+    if is_url(path):
+        return _load_remote(resolve(path, asked=f"fabric.load({path!r})"), weights_only, map_location)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(
@@ -161,25 +234,59 @@ def load_checkpoint_file(path: str | Path, *, weights_only: bool = True, map_loc
             f"Fix: check the path, or list the folder {str(path.parent)!r} for saved checkpoints."
         )
     if path.is_dir():
-        if (path / "COMPLETE").is_file():
-            raise CheckpointError(
-                f"fabric.load({str(path)!r}) got a sharded checkpoint folder, which this strategy cannot read. "
-                f"Fix: load it with the strategy that wrote it ('fsdp' or a DeepSpeed strategy), or convert it once: "
-                f"fabric-run consolidate {path} --output FILE."
-            )
-        raise CheckpointError(
-            f"fabric.load({str(path)!r}) got a folder, but this strategy saves single-file checkpoints. "
-            f"Fix: pass the checkpoint file inside it."
-        )
+        raise _folder_error(str(path), sharded=(path / "COMPLETE").is_file())
     if _check_format(path) == b"PK\x03\x04":
         problem = archive_problem(path)  # before torch reads it: torch never checks the archive's CRC-32s
         if problem is not None:
             raise _unreadable(path, problem)
+    return _torch_load(path, path, weights_only, map_location)
+
+
+def _load_remote(source: RemotePath, weights_only: bool, map_location: Any) -> Any:
+    """``load_checkpoint_file`` of a URL: the same checks, on the store's file object (no local copy)."""
+    fs, shown = source.fs, source.url
+    try:
+        info = fs.info(source.path)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"fabric.load({shown!r}) found no checkpoint: nothing exists at that URL. "
+            f"Fix: check the URL, or list {str(source.parent)!r} for saved checkpoints (fs.ls)."
+        ) from None
+    if info.get("type") == "directory":
+        raise _folder_error(shown, sharded=fs.isfile(source.child("COMPLETE").path))
+    try:
+        with fs.open(source.path, "rb") as handle:
+            head = _check_head(handle.read(4), shown, str(source.parent))
+            if head == b"PK\x03\x04":
+                handle.seek(0)
+                problem = archive_problem(handle)
+                if problem is not None:
+                    raise _unreadable(source, problem)
+            handle.seek(0)
+            return _torch_load(handle, source, weights_only, map_location)
+    except OSError as error:
+        raise _unreadable(source, f"it cannot be read ({type(error).__name__}: {_first_line(error)})") from None
+
+
+def _folder_error(shown: str, *, sharded: bool) -> CheckpointError:
+    if sharded:
+        return CheckpointError(
+            f"fabric.load({shown!r}) got a sharded checkpoint folder, which this strategy cannot read. "
+            f"Fix: load it with the strategy that wrote it ('fsdp' or a DeepSpeed strategy), or convert it once: "
+            f"fabric-run consolidate {shown} --output FILE."
+        )
+    return CheckpointError(
+        f"fabric.load({shown!r}) got a folder, but this strategy saves single-file checkpoints. "
+        f"Fix: pass the checkpoint file inside it."
+    )
+
+
+def _torch_load(source: Path | IO[bytes], path: Path | RemotePath, weights_only: bool, map_location: Any) -> Any:
     try:
         if not weights_only:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            return torch.load(source, map_location=map_location, weights_only=False)
         with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(

@@ -6,16 +6,16 @@ steps that are the same for every strategy, so that ``Fabric`` stays a thin faca
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from fabric_lite.checkpoint.remote import is_url, resolve
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.utilities.resume import RANKS_KEY, WORLD_KEY
 from fabric_lite.wrappers import FabricDataLoader, unwrap
@@ -61,34 +61,48 @@ def gather_loader_states(state: Any, world_size: int) -> Any:
     return {**state, **{key: RankStates([entry[key] for entry in gathered]) for key in keys}}
 
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_COLLAPSED_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):/(?!/)")
 
 
-def check_local_path(path: str | Path, method: str) -> None:
-    """Refuse a URL (``s3://...``): written as a local path it would make a folder named ``s3:`` and 'succeed'."""
-    text = os.fspath(path)
-    if isinstance(text, str) and _URL.match(text):
-        scheme = text.split("://", 1)[0]
+def check_path(path: str | Path, method: str) -> None:
+    """Check a checkpoint path before any rank writes: a URL must name a protocol fsspec has (and its package).
+
+    A URL turned into a ``pathlib.Path`` has lost a slash (``s3:/bucket``) and would be written as a local
+    folder named ``s3:``: refused, with the fix of passing the URL as a string.
+    """
+    if is_url(path):
+        resolve(path, asked=f"fabric.{method}({path!r})")  # raises the missing-package / unknown-protocol error
+        return
+    collapsed = _COLLAPSED_URL.match(str(path)) if isinstance(path, PurePath) else None
+    if collapsed is not None and collapsed["scheme"] in _known_protocols():
+        scheme = collapsed["scheme"]
         raise ConfigurationError(
-            f"fabric.{method}({text!r}) names a {scheme}:// URL, but fabric_lite reads and writes checkpoints on "
-            f"local (or mounted) file systems only: the path would be taken as a local folder named '{scheme}:'. "
-            f"Fix: save to a local or mounted path (e.g. a FUSE mount of the bucket) and copy it with your storage "
-            f"tool, or pass a plain path."
+            f"fabric.{method}({path!r}) got a pathlib path that starts with '{scheme}:/': a URL made into a Path "
+            f"loses a slash and would be written as a local folder named '{scheme}:'. Fix: pass the URL as a "
+            f"string, e.g. '{scheme}://{str(path)[len(scheme) + 2:]}'."
         )
+
+
+def _known_protocols() -> set[str]:
+    try:
+        from fsspec.registry import known_implementations
+    except ImportError:
+        return {"s3", "s3a", "gs", "gcs", "az", "abfs", "adl", "memory", "file", "hdfs", "http", "https"}
+    return set(known_implementations)
 
 
 def save(
     strategy: Strategy, path: str | Path, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None
 ) -> None:
     """``fabric.save``: a set-up dataloader goes in with every rank's position and random state (one gather)."""
-    check_local_path(path, "save")
+    check_path(path, "save")
     strategy.save_checkpoint(path, gather_loader_states(state, strategy.world_size), filter=filter)
     strategy.barrier(name="save")
 
 
 def load(strategy: Strategy, path: str | Path, state: Any, *, strict: bool, weights_only: bool, name: str = "load") -> Any:
     """``fabric.load`` (and ``load_raw`` with a bare module or optimizer as ``state``): restore, then wait for all."""
-    check_local_path(path, name)
+    check_path(path, name)
     remainder = strategy.load_checkpoint(path, state, strict=strict, weights_only=weights_only)
     strategy.barrier(name=name)
     return remainder

@@ -39,6 +39,7 @@ from fabric_lite.checkpoint.folder import (  # noqa: F401 - re-exported: the Dee
 )
 from fabric_lite.checkpoint.io import atomic_save, load_checkpoint_file
 from fabric_lite.checkpoint.mismatch import has_mismatch, mismatch_error
+from fabric_lite.checkpoint.remote import is_url, refuse_folder, resolve
 from fabric_lite.checkpoint.state import META_KEY, restore_state, to_saveable
 from fabric_lite.errors import CheckpointError, ConfigurationError
 from fabric_lite.wrappers import FabricOptimizer, unwrap
@@ -139,6 +140,7 @@ def save_checkpoint(
         on_every_rank(lambda: strategy.is_global_zero and atomic_save(saveable, path), asked=asked, path=target,
                       world_size=strategy.world_size)
         return
+    refuse_folder(path, asked=asked, what="sharded checkpoints (folders of DCP shards)")
     # Sharded state dicts are local: a rank that fails here (a stateful object raising) must not leave the others
     # waiting in the save's first collective.
     saveable = on_every_rank(collect, asked=asked, path=target, world_size=strategy.world_size)
@@ -173,9 +175,11 @@ def load_checkpoint(
     owner: OwnerLookup,
 ) -> dict[str, Any]:
     """Load a sharded folder (written at any world size) or a full file into DTensor-sharded models; every rank calls it."""
-    path = Path(path)
-    source = str(path)
-    if path.is_dir():
+    source = path if is_url(path) else str(Path(path))
+    if is_url(source) and resolve(source, asked=f"fabric.load({source!r})").is_dir():
+        refuse_folder(source, asked=f"fabric.load({source!r})", what="sharded checkpoints (folders of DCP shards)")
+    path = source if is_url(source) else Path(path)
+    if isinstance(path, Path) and path.is_dir():
         folder = require_complete(path, asked=f"fabric.load({source!r})")
         if state is None or isinstance(unwrap(state), _OBJECTS):
             what = "no state" if state is None else f"a bare {type(unwrap(state)).__name__}"
