@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from trainer_helpers import Regressor, loader, quiet_trainer
 
-from fabric_lite.trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from fabric_lite.errors import ConfigurationError
+from fabric_lite.trainer import LightningModule
+from fabric_lite.trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint, StochasticWeightAveraging
 
 
 class EpochEndMetric(Regressor):
@@ -108,3 +111,75 @@ def test_on_train_batch_end_receives_lightnings_step_output(tmp_path, kind, manu
         torch.testing.assert_close(outputs["loss"], loss / accumulate)
         if kind == "dict":
             assert outputs["count"] == batch_idx
+
+
+class SWAModel(LightningModule):
+    """The model and data of a side-by-side run under lightning.pytorch 2.6.6 (numbers below)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.bn = nn.Identity()
+        self.layer = nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        a, b = batch
+        return nn.functional.mse_loss(self.layer(self.bn(a)), b)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _swa_data() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 4, generator=g)
+    return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
+
+
+class Weights(Callback):
+    def __init__(self) -> None:
+        self.after_epoch: list[torch.Tensor] = []
+        self.lrs: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.after_epoch.append(torch.cat([p.detach().flatten().clone() for p in pl_module.parameters()]))
+
+
+# lightning.pytorch 2.6.6, same model/data, max_epochs=5, StochasticWeightAveraging(swa_lrs=0.02, annealing_epochs=1):
+LIGHTNING_SWA = {2: [0.282563, 0.696422, 0.332742, 0.667924, 0.109533], 1: [0.173612, 0.55022, 0.104682, 0.369354, 0.032618]}
+
+
+@pytest.mark.parametrize("start", [2, 1, 0.5])
+def test_swa_integer_start_is_lightnings_epoch_and_the_average_is_the_hand_computed_one(tmp_path, start):
+    weights = Weights()
+    swa = StochasticWeightAveraging(swa_lrs=0.02, swa_epoch_start=start, annealing_epochs=1)
+    model = SWAModel()
+    quiet_trainer(tmp_path, max_epochs=5, callbacks=[swa, weights]).fit(model, _swa_data())
+    first = {2: 1, 1: 0, 0.5: 1}[start]  # the 0-based SWA epoch: int k is the k-th epoch; 0.5 * 5 epochs -> int(2.5) = 2nd
+    # SWALR from the SWA epoch on (annealed to swa_lrs after 1 epoch)
+    assert weights.lrs[:first + 1] == [0.05] * (first + 1) and weights.lrs[first + 1:] == [0.02] * (4 - first)
+    # averaged at the start of epochs first..4, i.e. the weights before them: the initial ones when first == 0
+    initial = torch.cat([p.detach().flatten() for p in SWAModel().parameters()])
+    before = [initial] + weights.after_epoch[:4]
+    expected = torch.stack(before[first:5]).mean(0)
+    final = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.testing.assert_close(final, expected)
+    torch.testing.assert_close(final, torch.tensor(LIGHTNING_SWA[2 if start == 0.5 else start]), rtol=0, atol=2e-6)
+
+
+def test_swa_stopped_before_its_last_epoch_keeps_the_trained_weights_and_bad_start_is_refused(tmp_path):
+    class Stop(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = trainer.current_epoch == 2
+
+    weights = Weights()
+    model = SWAModel()
+    quiet_trainer(tmp_path, max_epochs=5, callbacks=[StochasticWeightAveraging(swa_lrs=0.02, swa_epoch_start=1), weights, Stop()]).fit(
+        model, _swa_data())
+    # as in Lightning, only a fit that reaches max_epochs ends with the averaged weights
+    torch.testing.assert_close(torch.cat([p.detach().flatten() for p in model.parameters()]), weights.after_epoch[-1])
+    with pytest.raises(ConfigurationError, match=r"swa_epoch_start=0\) is neither an epoch >= 1 .*swa_epoch_start=1 to start at the first"):
+        StochasticWeightAveraging(swa_lrs=0.1, swa_epoch_start=0)

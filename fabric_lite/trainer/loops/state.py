@@ -48,6 +48,7 @@ class LoopState:
     predict_dataloaders: list[Any] = field(default_factory=list)
     val_check_batch: int | float = math.inf  # validate after every this many training batches
     # ---- the loops' own bookkeeping
+    train_loader: Any = None  # what the fit loop draws training batches from (the loader, or several combined)
     model: Any = None  # the Fabric-set-up model (trainer.model)
     setup_for: Any = None  # the LightningModule that ``model`` wraps: a second run of it is not set up again
     results: Any = None  # the Results of ``self.log`` calls for the running loop
