@@ -53,6 +53,12 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
     model = trainer.lightning_module
     if model is not None:
         extra["hyper_parameters"] = {k: v for k, v in dict(model.hparams).items() if is_plain(v)}
+        extra["hparams_name"] = "kwargs"  # Lightning's key: the hyperparameters are __init__'s keyword arguments
+    datamodule = trainer.datamodule
+    if datamodule is not None and getattr(datamodule, "hparams", None):
+        extra["datamodule_hyper_parameters"] = {k: v for k, v in dict(datamodule.hparams).items() if is_plain(v)}
+        extra["datamodule_hparams_name"] = "kwargs"
+    if model is not None:
         call_hook(trainer, "on_save_checkpoint", extra)
     trainer.fabric.save(filepath, {**saved, **extra})
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+from typing import IO, TYPE_CHECKING, Any
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer.hooks import DataHooks
+from fabric_lite.trainer.hparams import HyperparametersMixin
 
 if TYPE_CHECKING:
     from fabric_lite.trainer.trainer import Trainer
 
 
-class LightningDataModule(DataHooks):
+class LightningDataModule(HyperparametersMixin, DataHooks):
     """Group a dataset's preparation, splits and dataloaders (same names as ``lightning.pytorch.LightningDataModule``).
 
     ``prepare_data`` runs on one process (global rank 0, or local rank 0 of every node when
@@ -30,9 +32,15 @@ class LightningDataModule(DataHooks):
     """
 
     prepare_data_per_node: bool = True
+    _hparams_key = "datamodule_hyper_parameters"
+    _hparams_name_key = "datamodule_hparams_name"
+    #: set by the Trainer while it runs with this data module
+    trainer: Trainer | None = None
 
     def __init__(self) -> None:
-        self.trainer: Trainer | None = None
+        self.trainer = None
+
+    # save_hyperparameters(), hparams, hparams_initial: HyperparametersMixin (as on LightningModule)
 
     def _missing(self, name: str) -> Any:
         raise ConfigurationError(
@@ -58,3 +66,26 @@ class LightningDataModule(DataHooks):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+    def on_exception(self, exception: BaseException) -> None:
+        """Called when fit / validate / test / predict ends with an exception (Ctrl-C included)."""
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike[str] | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | os.PathLike[str] | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A new data module built from a Trainer checkpoint: ``cls(**datamodule_hyper_parameters, **kwargs)``.
+
+        The hyperparameters are those ``self.save_hyperparameters()`` stored in the data module's ``__init__``;
+        ``hparams_file`` replaces them and ``kwargs`` override both; the data module's ``state_dict`` is loaded back.
+        """
+        datamodule, checkpoint = cls._from_checkpoint("the data module", checkpoint_path, map_location, hparams_file,
+                                                      weights_only, kwargs)
+        if isinstance(checkpoint.get("datamodule"), dict):
+            datamodule.load_state_dict(checkpoint["datamodule"])
+        return datamodule

@@ -8,16 +8,16 @@ goes through the Trainer's public :class:`~fabric_lite.Fabric`.
 from __future__ import annotations
 
 import contextlib
-import copy
-import inspect
+import os
 from collections.abc import Generator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from fabric_lite.errors import ConfigurationError, UsageError
+from fabric_lite.errors import CheckpointError, ConfigurationError, UsageError
 from fabric_lite.trainer.hooks import ModelHooks
+from fabric_lite.trainer.hparams import AttributeDict, HyperparametersMixin
 from fabric_lite.trainer.loops import hooks as loop_hooks
 from fabric_lite.trainer.loops.optimization import inner_optimizer, lightning_optimizers
 from fabric_lite.utilities.apply_func import move_data_to_device
@@ -28,28 +28,7 @@ if TYPE_CHECKING:
     from fabric_lite.trainer.trainer import Trainer
 
 
-class AttributeDict(dict):
-    """A dict whose keys read as attributes too: ``hparams.lr == hparams["lr"]``.
-
-    Example:
-        >>> AttributeDict(lr=0.1).lr
-        0.1
-    """
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError as error:
-            raise AttributeError(
-                f"hparams has no {key!r}; it has: {', '.join(self) or 'nothing'}. "
-                f"Fix: pass it to __init__ and call self.save_hyperparameters(), or read one of those."
-            ) from error
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
-
-
-class LightningModule(ModelHooks, nn.Module):
+class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
     """Base class of a model run by :class:`~fabric_lite.trainer.Trainer`.
 
     Override ``training_step`` and ``configure_optimizers`` (plus ``validation_step``, ``test_step``,
@@ -152,42 +131,42 @@ class LightningModule(ModelHooks, nn.Module):
     def automatic_optimization(self, value: bool) -> None:
         self._automatic_optimization = bool(value)
 
-    # ------------------------------------------------------------------------------ hyperparameters
-    @property
-    def hparams(self) -> AttributeDict:
-        return self._hparams
+    # ------------------------------------------------------------------------------ hyperparameters, checkpoints
+    # save_hyperparameters, hparams, hparams_initial: HyperparametersMixin (shared with LightningDataModule)
 
-    @property
-    def hparams_initial(self) -> AttributeDict:
-        """The hyperparameters as first saved (later changes to ``hparams`` do not show here)."""
-        return copy.deepcopy(self._hparams_initial)
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike[str] | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | os.PathLike[str] | None = None,
+        weights_only: bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A new module built from a Trainer checkpoint: ``cls(**saved hparams, **kwargs)``, then its weights.
 
-    def save_hyperparameters(self, *args: Any, ignore: list[str] | str | None = None, frame: Any = None, logger: bool = True) -> None:
-        """Store the arguments of ``__init__`` in ``self.hparams`` (and log them at fit start).
-
-        With no arguments every ``__init__`` argument is kept; pass names (``save_hyperparameters("lr")``)
-        to keep some, a dict to give them explicitly, and ``ignore=[...]`` to leave some out.
+        The checkpoint's ``hyper_parameters`` (what ``self.save_hyperparameters()`` stored) are the ``__init__``
+        arguments, ``hparams_file`` (a logger's hparams.yaml) replaces them and ``kwargs`` override both.
+        ``on_load_checkpoint(checkpoint)`` runs before the weights load (``strict`` as ``load_state_dict``;
+        default True). Tensors load to ``map_location`` (CPU by default) and the module is moved there. Call it
+        on the class: ``model = LitModel.load_from_checkpoint(path)``.
         """
-        ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
-        if len(args) == 1 and isinstance(args[0], Mapping):
-            values = dict(args[0])
-        else:
-            caller = frame if frame is not None else inspect.currentframe().f_back  # type: ignore[union-attr]
-            init_args = _init_arguments(caller)
-            if args:
-                unknown = [name for name in args if name not in init_args]
-                if unknown:
-                    raise ConfigurationError(
-                        f"save_hyperparameters({', '.join(map(repr, args))}): {', '.join(map(repr, unknown))} is not an "
-                        f"argument of __init__. Fix: name one of: {', '.join(init_args) or '(none)'}."
-                    )
-                values = {name: init_args[name] for name in args}
-            else:
-                values = init_args
-        values = {k: v for k, v in values.items() if k not in ignored}
-        self._hparams.update(values)
-        self._hparams_initial = copy.deepcopy(AttributeDict(self._hparams))
-        self.log_hyperparams_at_fit = logger
+        model, checkpoint = cls._from_checkpoint("the module", checkpoint_path, map_location, hparams_file, weights_only, kwargs)
+        weights = checkpoint.get("model", checkpoint.get("state_dict"))
+        if not isinstance(weights, Mapping):
+            raise CheckpointError(
+                f"{cls.__name__}.load_from_checkpoint: the checkpoint holds no model weights (no 'model' or 'state_dict'; "
+                f"keys: {', '.join(map(str, checkpoint)) or 'none'}). Fix: pass a file written by trainer.save_checkpoint "
+                f"or ModelCheckpoint."
+            )
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(weights, strict=True if strict is None else strict)
+        device = next((t.device for t in weights.values() if isinstance(t, torch.Tensor)), None)
+        return model.to(device) if device is not None else model
+
+    def on_exception(self, exception: BaseException) -> None:
+        """Called when fit / validate / test / predict ends with an exception (Ctrl-C included), after the callbacks'."""
 
     # ------------------------------------------------------------------------------ logging
     def log(
@@ -426,19 +405,3 @@ class LightningModule(ModelHooks, nn.Module):
         state["_toggled"] = None
         return state
 
-
-def _init_arguments(frame: Any) -> dict[str, Any]:
-    """The arguments of the ``__init__`` whose frame is ``frame`` (and of the subclass ``__init__`` calls above it)."""
-    collected: dict[str, Any] = {}
-    while frame is not None and frame.f_code.co_name == "__init__":
-        info = inspect.getargvalues(frame)
-        local = info.locals
-        values = {name: local[name] for name in info.args[1:] if name in local}
-        if info.keywords and isinstance(local.get(info.keywords), dict):
-            values.update(local[info.keywords])
-        for name, value in values.items():
-            collected.setdefault(name, value)
-        if "self" not in local or frame.f_back is None or frame.f_back.f_locals.get("self") is not local["self"]:
-            break
-        frame = frame.f_back
-    return collected

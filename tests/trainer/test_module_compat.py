@@ -304,3 +304,138 @@ def test_manual_step_errors_name_the_fix(tmp_path):
     with pytest.raises(ConfigurationError, match=r"gradient_clip_algorithm='max'\) is not a known algorithm. Choose one of: "
                                                  r"norm, value"):
         _trainer(tmp_path, max_steps=1).fit(BadClip(), _loader())
+
+
+# ---------------------------------------------------------------------------------------------- 4. data module hparams
+from fabric_lite.errors import CheckpointError  # noqa: E402
+from fabric_lite.trainer import LightningDataModule  # noqa: E402
+
+
+class RandomData(LightningDataModule):
+    """A data module as Lightning's docs write one: hyperparameters saved in __init__, read from self.hparams."""
+
+    def __init__(self, batch_size: int = 4, n: int = 16, note: str = "x") -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore="note")
+        self.restored: dict[str, Any] = {}
+
+    def setup(self, stage):
+        self.data = _data(self.hparams.n)
+
+    def train_dataloader(self):
+        return DataLoader(self.data, batch_size=self.hparams.batch_size)
+
+    def state_dict(self):
+        return {"seen": self.hparams.n}
+
+    def load_state_dict(self, state_dict):
+        self.restored = dict(state_dict)
+
+
+def test_datamodule_save_hyperparameters_and_hparams_like_the_modules():
+    dm = RandomData(batch_size=8)
+    assert dm.hparams == {"batch_size": 8, "n": 16} and dm.hparams.batch_size == 8
+    dm.hparams.batch_size = 2
+    assert dm.hparams_initial == {"batch_size": 8, "n": 16}
+
+    class Explicit(LightningDataModule):
+        def __init__(self, a, b=2):
+            super().__init__()
+            self.save_hyperparameters("a")
+
+    assert Explicit(1).hparams == {"a": 1}
+    with pytest.raises(ConfigurationError, match=r"save_hyperparameters\('c'\): 'c' is not an argument of __init__. Fix: name one of: a\."):
+        class Wrong(Explicit):
+            def __init__(self, a):
+                LightningDataModule.__init__(self)
+                self.save_hyperparameters("c")
+        Wrong(1)
+
+    class NoSuper(LightningDataModule):  # forgot super().__init__(): hparams still work
+        def __init__(self, size=3):
+            self.save_hyperparameters()
+
+    assert NoSuper().hparams.size == 3
+
+
+# ---------------------------------------------------------------------------------------------- 5. load_from_checkpoint
+class Lit(_Base):
+    def __init__(self, hidden: int = 4, lr: float = 0.05, backbone: nn.Module | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = nn.Sequential(nn.Linear(3, hidden), nn.Linear(hidden, 1))
+        self.loaded_keys: list[str] = []
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.mse_loss(self(batch[0]), batch[1])
+
+    def on_load_checkpoint(self, checkpoint):
+        self.loaded_keys = sorted(checkpoint)
+
+
+def test_load_from_checkpoint_rebuilds_module_and_datamodule_from_saved_hparams(tmp_path):
+    model, dm = Lit(hidden=6, lr=0.2), RandomData(batch_size=8, n=24)
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+
+    restored = Lit.load_from_checkpoint(path)
+    assert restored.hparams == {"hidden": 6, "lr": 0.2, "backbone": None}
+    for a, b in zip(model.state_dict().values(), restored.state_dict().values()):
+        assert torch.equal(a, b)
+    assert "hyper_parameters" in restored.loaded_keys and "hparams_name" in restored.loaded_keys
+    assert restored.device == torch.device("cpu") and restored._trainer is None
+
+    overridden = Lit.load_from_checkpoint(str(path), lr=0.5, map_location="cpu")
+    assert overridden.hparams.lr == 0.5 and overridden.hparams.hidden == 6
+
+    dm2 = RandomData.load_from_checkpoint(path, n=40)
+    assert dm2.hparams == {"batch_size": 8, "n": 40} and dm2.restored == {"seen": 24}
+
+    # hparams_file (a logger's hparams.yaml) replaces the checkpoint's values, keyword arguments still win
+    hparams_file = tmp_path / "hparams.yaml"
+    hparams_file.write_text("hidden: 6\nlr: 0.01\n")
+    assert Lit.load_from_checkpoint(path, hparams_file=hparams_file).hparams.lr == 0.01
+
+    # hparams overridden to another shape: the weights do not fit, load_state_dict says so
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        Lit.load_from_checkpoint(path, hidden=5)
+
+
+def test_load_from_checkpoint_errors_name_the_fix(tmp_path):
+    with pytest.raises(CheckpointError, match=r"Lit.load_from_checkpoint\('.*missing.ckpt'\): no such file. Fix: pass the path"):
+        Lit.load_from_checkpoint(tmp_path / "missing.ckpt")
+
+    class NoHparams(_Base):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.layer = nn.Linear(3, width)
+
+        def training_step(self, batch, batch_idx):
+            return self(batch[0]).sum()
+
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(NoHparams(1), _loader())
+    trainer.save_checkpoint(tmp_path / "no_hparams.ckpt")
+    with pytest.raises(ConfigurationError, match=r"cannot rebuild NoHparams: __init__ needs 'width', and the checkpoint's "
+                                                 r"'hyper_parameters' do not hold them \(it holds: nothing.*Fix: pass them, e.g. "
+                                                 r"NoHparams.load_from_checkpoint\(path, width=...\)"):
+        NoHparams.load_from_checkpoint(tmp_path / "no_hparams.ckpt")
+    assert NoHparams.load_from_checkpoint(tmp_path / "no_hparams.ckpt", width=1).layer.out_features == 1
+
+    class NeedsBackbone(Lit):
+        def __init__(self, backbone: nn.Module, hidden: int = 4) -> None:
+            super().__init__(hidden=hidden)
+            self.save_hyperparameters()
+            self.backbone = backbone
+
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(NeedsBackbone(nn.Identity()), _loader())
+    trainer.save_checkpoint(tmp_path / "backbone.ckpt")
+    with pytest.raises(ConfigurationError, match=r"__init__ needs 'backbone'.*it holds: hidden, lr; only plain values"):
+        NeedsBackbone.load_from_checkpoint(tmp_path / "backbone.ckpt")
+    assert NeedsBackbone.load_from_checkpoint(tmp_path / "backbone.ckpt", backbone=nn.Identity()).hparams.hidden == 4
+
+    with pytest.raises(ConfigurationError, match=r"hparams_file='.*nope.yaml': no such file"):
+        Lit.load_from_checkpoint(tmp_path / "backbone.ckpt", hparams_file=tmp_path / "nope.yaml")
