@@ -102,7 +102,8 @@ def file_checksum(path: Path) -> tuple[int, int]:
     crc, size = 0, 0
     buffer = bytearray(_CHUNK)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
+    # A local Path, or a location in an fsspec store (checkpoint.remote.RemotePath), which opens itself.
+    with (open(path, "rb", buffering=0) if isinstance(path, Path) else path.open("rb")) as handle:
         while count := handle.readinto(buffer):  # type: ignore[attr-defined]
             crc = zlib.crc32(view[:count], crc)
             size += count

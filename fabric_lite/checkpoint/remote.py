@@ -23,6 +23,8 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import IO, Any
 
 from fabric_lite.checkpoint.integrity import _SEAL
@@ -106,8 +108,15 @@ class RemotePath:
             raise FileNotFoundError(self.url)
         self.fs.rm_file(self.path)
 
-    def size(self) -> int:
-        return int(self.fs.size(self.path))
+    def stat(self) -> SimpleNamespace:
+        """``st_size`` and ``st_mtime_ns`` (0 where the store keeps no modification time, e.g. a folder prefix)."""
+        info = self.fs.info(self.path)  # FileNotFoundError when nothing is there
+        try:
+            stamp = self.fs.modified(self.path)
+        except Exception:  # noqa: BLE001 - NotImplementedError, or a folder the store keeps no time for
+            stamp = None
+        mtime_ns = int(stamp.timestamp() * 1_000_000) * 1000 if stamp is not None else 0
+        return SimpleNamespace(st_size=int(info.get("size") or 0), st_mtime_ns=mtime_ns)
 
     def glob(self, pattern: str) -> list[RemotePath]:
         return [self.child(found.rstrip("/").rsplit("/", 1)[-1]) for found in self.fs.glob(f"{self.path}/{pattern}")]
@@ -162,6 +171,11 @@ def resolve(url: str, *, asked: str) -> RemotePath:
             f"protocols ({_COMMON}; all of them: fsspec.available_protocols()), or pass a local path."
         ) from None
     return RemotePath(fs, path, url)
+
+
+def location(path: Any, *, asked: str) -> Path | RemotePath:
+    """A local ``Path``, or the :class:`RemotePath` of a URL (which offers the ``Path`` methods checkpoints use)."""
+    return resolve(path, asked=asked) if is_url(path) else Path(path)
 
 
 def refuse_folder(path: Any, *, asked: str, what: str) -> None:

@@ -270,3 +270,37 @@ def test_a_url_made_into_a_pathlib_path_is_refused(tmp_path, monkeypatch):
                                                  r"'s3://bucket/last.ckpt'"):
         Fabric(accelerator="cpu").save(Path("s3://bucket/last.ckpt"), {"model": nn.Linear(2, 1)})
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------ latest_checkpoint at a URL
+@pytest.mark.parametrize("protocol", ["memory", "file"])
+def test_latest_checkpoint_at_a_url_returns_the_newest_intact_one_as_a_url(protocol, run_id, tmp_path):
+    from fabric_lite.checkpoint import latest_checkpoint
+
+    folder = f"file://{tmp_path}/{run_id}" if protocol == "file" else f"memory://{run_id}"
+    fs, root = fsspec.core.url_to_fs(folder)
+    for step in (1, 2, 3):
+        atomic_save({"step": step}, f"{folder}/step-{step}.ckpt")
+        if protocol == "file":  # distinct modification times even on a coarse file system clock
+            os.utime(f"{root}/step-{step}.ckpt", ns=(step * 10**9,) * 2)
+    fs.pipe_file(f"{root}/notes.txt", b"not a checkpoint")
+    fs.pipe_file(f"{root}/.step-4.ckpt.abcd.tmp", b"PK\x03\x04 a temporary file left by a killed save")
+    assert latest_checkpoint(folder) == f"{folder}/step-3.ckpt"
+    assert load_checkpoint_file(latest_checkpoint(folder)) == {"step": 3}
+
+    data = fs.cat_file(f"{root}/step-3.ckpt")
+    fs.rm_file(f"{root}/step-3.ckpt")
+    fs.pipe_file(f"{root}/step-3.ckpt", data[: len(data) // 2])  # cut off: the newest, but damaged
+    if protocol == "file":
+        os.utime(f"{root}/step-3.ckpt", ns=(4 * 10**9,) * 2)
+    with pytest.warns(UserWarning, match=rf"latest_checkpoint\('{folder}'\) skipped '{folder}/step-3.ckpt': it is not "
+                                         rf"an intact torch checkpoint.*Fix: delete it"):
+        assert latest_checkpoint(folder) == f"{folder}/step-2.ckpt"
+
+
+def test_latest_checkpoint_of_a_missing_url_folder_says_so(run_id):
+    from fabric_lite.checkpoint import latest_checkpoint
+
+    with pytest.raises(CheckpointError, match=rf"latest_checkpoint\('memory://{run_id}'\) needs a folder of checkpoints, "
+                                              rf"but it does not exist. Fix: pass the folder"):
+        latest_checkpoint(f"memory://{run_id}")
