@@ -2,11 +2,13 @@
 
 :func:`resolve` turns the constructor's keywords (current and older spellings) into the config, the
 arguments of the Trainer's :class:`~fabric_lite.Fabric` and the callbacks that older flags ask for;
-:func:`default_callbacks` adds checkpointing, early stopping and the progress bar where switched on.
+:func:`default_callbacks` adds checkpointing, early stopping, the progress bar, the model summary and the profiler's
+hooks where switched on.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +18,7 @@ import torch
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer import flags as F
 from fabric_lite.trainer.callbacks.base import Callback
+from fabric_lite.trainer.profilers import PassThroughProfiler, resolve_profiler
 from fabric_lite.utilities.rank_zero import rank_zero_warn
 
 
@@ -48,11 +51,17 @@ class TrainerConfig:
     enable_progress_bar: bool
     auto_scale_batch_size: str | None
     enable_early_stop: bool | None
+    #: log a ModelSummary table at the start of fit (a ModelSummary callback is added unless one is passed)
+    enable_model_summary: bool = True
+    #: the Profiler (``PassThroughProfiler`` for ``profiler=None``); ``trainer.profiler``
+    profiler: Any = None
 
 
 def resolve(given: dict[str, Any], legacy: dict[str, Any]) -> tuple[TrainerConfig, dict[str, Any], list[Callback]]:
     """Check ``given`` (the keywords) and ``legacy`` (older spellings); returns (config, Fabric arguments, extra callbacks)."""
-    special = F.translate_legacy(given, legacy, list(given))
+    # profiler is a current flag that Trainer.__init__ does not list yet: it arrives with the other keywords
+    profiler = resolve_profiler(legacy.pop("profiler", None))
+    special = F.translate_legacy(given, legacy, list(given) + ["profiler"])
     g = given
     F.check_values(g)
     accelerator, devices = F.resolve_gpus(special.get("gpus"), bool(special.get("auto_select_gpus", False)),
@@ -93,7 +102,9 @@ def resolve(given: dict[str, Any], legacy: dict[str, Any]) -> tuple[TrainerConfi
         default_root_dir=root, deterministic=g["deterministic"], benchmark=g["benchmark"],
         enable_checkpointing=enable_checkpointing,
         enable_progress_bar=True if g["enable_progress_bar"] is None else bool(g["enable_progress_bar"]),
-        auto_scale_batch_size=asbs or None, enable_early_stop=special.get("enable_early_stop"), **v,
+        auto_scale_batch_size=asbs or None, enable_early_stop=special.get("enable_early_stop"),
+        enable_model_summary=True if g["enable_model_summary"] is None else bool(g["enable_model_summary"]),
+        profiler=profiler, **v,
     )
     if logger is None or logger is True:
         from fabric_lite.loggers import default_logger  # TensorBoard when installed, else CSV (as Lightning)
@@ -150,10 +161,14 @@ def _legacy_callbacks(special: dict[str, Any]) -> list[Callback]:
 
 
 def default_callbacks(config: TrainerConfig, callbacks: Any, extra: list[Callback], checkpointing_flag: bool | None) -> list[Callback]:
-    """The user's callbacks (checked), those of older flags, then checkpointing / early stopping / progress bar defaults."""
+    """The user's callbacks (checked), those of older flags, then the checkpointing, early stopping, progress bar,
+    model summary and profiler defaults."""
     from fabric_lite.trainer.callbacks.checkpoint import ModelCheckpoint
     from fabric_lite.trainer.callbacks.early_stopping import EarlyStopping
-    from fabric_lite.trainer.callbacks.progress import ProgressBar
+    from fabric_lite.trainer.callbacks.model_summary import ModelSummary, RichModelSummary
+    from fabric_lite.trainer.callbacks.progress import ProgressBar, TQDMProgressBar
+    from fabric_lite.trainer.callbacks.rich_progress import RichProgressBar
+    from fabric_lite.trainer.profilers.trainer_hooks import ProfilerHooks
 
     callbacks = [] if callbacks is None else callbacks
     found: list[Callback] = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
@@ -173,6 +188,22 @@ def default_callbacks(config: TrainerConfig, callbacks: Any, extra: list[Callbac
             "Trainer(enable_checkpointing=False, callbacks=[ModelCheckpoint(...)]) both turns checkpointing off and "
             "asks for it. Fix: drop enable_checkpointing=False, or the ModelCheckpoint callback."
         )
-    if config.enable_progress_bar and not any(isinstance(c, ProgressBar) for c in found):
-        found.append(ProgressBar())
+    bars = [c for c in found if isinstance(c, ProgressBar)]
+    if len(bars) > 1:
+        raise ConfigurationError(
+            f"Trainer(callbacks=[...]) holds {len(bars)} progress bars ({', '.join(type(c).__name__ for c in bars)}); "
+            f"only one can draw. Fix: pass one of them."
+        )
+    if bars and not config.enable_progress_bar:  # False only when passed so (None means True)
+        raise ConfigurationError(
+            f"Trainer(enable_progress_bar=False, callbacks=[{type(bars[0]).__name__}(...)]) both turns the progress bar "
+            f"off and passes one. Fix: drop enable_progress_bar=False, or the {type(bars[0]).__name__} callback."
+        )
+    if config.enable_progress_bar and not bars:
+        found.append(TQDMProgressBar() if importlib.util.find_spec("tqdm") is not None else ProgressBar())
+    if config.enable_model_summary and not any(isinstance(c, ModelSummary) for c in found):
+        rich_bar = any(isinstance(c, RichProgressBar) for c in found)
+        found.append(RichModelSummary() if rich_bar else ModelSummary())
+    if not isinstance(config.profiler, PassThroughProfiler):
+        found.append(ProfilerHooks(config.profiler))
     return found

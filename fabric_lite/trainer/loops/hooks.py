@@ -13,13 +13,16 @@ if TYPE_CHECKING:
 
 @contextmanager
 def _in_hook(trainer: Trainer, name: str) -> Iterator[None]:
-    """Let ``self.log`` know which hook it is called from, for the duration of the call."""
+    """Let ``self.log`` know which hook it is called from, and time the call as the profiler's action ``name``."""
     results = trainer.state.results
     previous = results.hook
     results.hook = name
+    profiler = trainer.profiler  # the one in use when the call starts stops it (a tuner trial swaps it)
+    profiler.start(name)
     try:
         yield
     finally:
+        profiler.stop(name)
         results.hook = previous
 
 

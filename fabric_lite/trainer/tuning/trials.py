@@ -22,6 +22,7 @@ import torch
 from fabric_lite.errors import ConfigurationError, UsageError
 from fabric_lite.trainer.callbacks.base import Callback
 from fabric_lite.trainer.loops.state import LoopState
+from fabric_lite.trainer.profilers import PassThroughProfiler
 
 if TYPE_CHECKING:
     from fabric_lite.trainer.module import LightningModule
@@ -77,7 +78,8 @@ def isolated(trainer: Trainer, **flags: Any) -> Generator[None, None, None]:
     loggers = trainer.loggers
     kept_loggers = list(loggers)
     loggers.clear()
-    trainer.config = dataclasses.replace(config, **flags)
+    # Trials are not part of the run the user profiles: their hooks and steps go to a profiler that records nothing.
+    trainer.config = dataclasses.replace(config, **{"profiler": PassThroughProfiler(), **flags})
     state.should_stop, state.tuning = False, True
     try:
         yield
