@@ -6,10 +6,12 @@ prefixes, and turning one-element tensors into Python floats.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from abc import ABC, abstractmethod
 from argparse import Namespace
+from enum import Enum
 from typing import Any, Callable, Mapping
 
 import torch
@@ -247,3 +249,65 @@ def to_python_scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
             value = float(value.item())
         converted[key] = value
     return converted
+
+
+def json_plain(value: Any) -> Any:
+    """Turn a hyperparameter value into JSON-able data: tensors to numbers/lists, callables to their names, others
+    that JSON cannot hold to ``str``; nesting (dicts, lists) is kept.
+
+    Example:
+        >>> json_plain({"lr": torch.tensor(0.5), "act": torch.relu, "betas": (0.9, 0.99), "ns": Namespace(a=1)})
+        {'lr': 0.5, 'act': 'relu', 'betas': [0.9, 0.99], 'ns': {'a': 1}}
+    """
+    if isinstance(value, Namespace):
+        value = vars(value)
+    if isinstance(value, Mapping):
+        return {str(key): json_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_plain(item) for item in value]
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, Enum):
+        return json_plain(value.value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if callable(value):
+        return getattr(value, "__name__", None) or repr(value)
+    return str(value)
+
+
+def checkpoints_to_log(checkpoint_callback: Any, logged: dict[str, float]) -> list[tuple[float, str, Any, str]]:
+    """The checkpoint files of a ModelCheckpoint that are new or changed since ``logged`` (path -> mtime).
+
+    Returns ``(mtime, path, score, tag)`` sorted by time, where tag is "best" for the best model and "latest"
+    otherwise; ``logged`` is not changed (the caller records what it uploaded).
+    """
+    found: dict[str, Any] = {}
+    for path, score in dict(getattr(checkpoint_callback, "best_k_models", {}) or {}).items():
+        found[path] = score
+    for attribute in ("last_model_path", "best_model_path"):
+        path = getattr(checkpoint_callback, attribute, "") or ""
+        if path and path not in found:
+            found[path] = getattr(checkpoint_callback, "best_model_score", None) if attribute == "best_model_path" else None
+    best = getattr(checkpoint_callback, "best_model_path", "")
+    new = []
+    for path, score in found.items():
+        if not os.path.isfile(path):
+            continue
+        mtime = os.path.getmtime(path)
+        if logged.get(path) != mtime:
+            new.append((mtime, path, score, "best" if path == best else "latest"))
+    return sorted(new)
+
+
+def module_importable(name: str) -> bool:
+    """Whether ``import name`` can succeed, without importing it (a blocked or broken finder counts as absent).
+
+    Example:
+        >>> module_importable("os"), module_importable("no_such_module_here")
+        (True, False)
+    """
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False

@@ -11,13 +11,19 @@ import csv
 import io
 import os
 from argparse import Namespace
-from enum import Enum
 from typing import IO, Any, Callable, Mapping
 
 import torch
 
 from fabric_lite.errors import ConfigurationError
-from fabric_lite.loggers.base import DummyExperiment, FolderLogger, convert_params, flatten_dict, to_python_scalars
+from fabric_lite.loggers.base import (
+    DummyExperiment,
+    FolderLogger,
+    convert_params,
+    flatten_dict,
+    json_plain,
+    to_python_scalars,
+)
 from fabric_lite.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 STEP_KEY = "step"
@@ -40,25 +46,6 @@ def _atomic_write(path: str, write: Callable[[IO[str]], None]) -> None:
             os.remove(tmp_path)
 
 
-def _plain(value: Any) -> Any:
-    """Turn a hyperparameter value into plain data (dict, list, str, number, bool, None) for YAML/JSON."""
-    if isinstance(value, Namespace):
-        value = vars(value)
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_plain(item) for item in value]
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, Enum):
-        return _plain(value.value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if callable(value):
-        return getattr(value, "__name__", None) or repr(value)
-    return str(value)
-
-
 def save_hparams_to_yaml(config_yaml: str | os.PathLike[str], hparams: Mapping[str, Any] | Namespace) -> None:
     """Write ``hparams`` (nesting kept, values made plain: tensors to numbers, tuples to lists) to a YAML file.
 
@@ -67,7 +54,7 @@ def save_hparams_to_yaml(config_yaml: str | os.PathLike[str], hparams: Mapping[s
     """
     import yaml  # a dependency of fabric_lite (pyproject); imported here to keep ``import fabric_lite`` light
 
-    plain = _plain(convert_params(hparams))
+    plain = json_plain(convert_params(hparams))
     _atomic_write(os.fspath(config_yaml), lambda out: yaml.safe_dump(plain, out, sort_keys=False))
 
 
@@ -262,7 +249,7 @@ class CSVLogger(FolderLogger):
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any] | Namespace | None = None, *args: Any, **kwargs: Any) -> None:
         """Merge ``params`` into the recorded hyperparameters (nesting kept) and rewrite :attr:`hparams_file`."""
-        self._hparams.update(_plain(convert_params(params)))
+        self._hparams.update(json_plain(convert_params(params)))
         save_hparams_to_yaml(self.hparams_file, self._hparams)
 
     @rank_zero_only

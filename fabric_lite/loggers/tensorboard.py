@@ -7,7 +7,6 @@ when the first event is written, so importing fabric_lite stays light.
 
 from __future__ import annotations
 
-import importlib.util
 import numbers
 import os
 import warnings
@@ -19,27 +18,26 @@ import torch
 from torch import nn
 
 from fabric_lite.errors import ConfigurationError, missing_package
-from fabric_lite.loggers.base import DummyExperiment, FolderLogger, convert_params, flatten_dict, to_python_scalars
+from fabric_lite.loggers.base import (
+    DummyExperiment,
+    FolderLogger,
+    convert_params,
+    flatten_dict,
+    module_importable,
+    to_python_scalars,
+)
 from fabric_lite.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 if TYPE_CHECKING:
     from tensorboardX import SummaryWriter
 
 
-def _importable(name: str) -> bool:
-    """Whether ``import name`` can succeed, without importing it (a blocked or broken finder counts as absent)."""
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def tensorboard_backend() -> str | None:
     """The package event files are written with: ``"tensorboardX"``, else ``"torch.utils.tensorboard"`` when the
     ``tensorboard`` package is installed, else None."""
-    if _importable("tensorboardX"):
+    if module_importable("tensorboardX"):
         return "tensorboardX"
-    if _importable("tensorboard"):
+    if module_importable("tensorboard"):
         return "torch.utils.tensorboard"
     return None
 
