@@ -12,8 +12,9 @@ import logging
 LOGGER_NAME = "fabric_lite"
 
 
-def configure_logger() -> logging.Logger:
-    """Give the ``fabric_lite`` logger level INFO and, when the root logger has no handler, its own stderr handler.
+def configure_logger(name: str = LOGGER_NAME) -> logging.Logger:
+    """Give the ``fabric_lite`` logger (or ``name``) level INFO and, when the root logger has no handler, its own
+    stderr handler.
 
     Idempotent: a second call adds nothing.
 
@@ -21,7 +22,7 @@ def configure_logger() -> logging.Logger:
         >>> configure_logger().level == logging.INFO
         True
     """
-    logger = logging.getLogger(LOGGER_NAME)
+    logger = logging.getLogger(name)
     if getattr(logger, "_fabric_lite_configured", False):
         return logger
     logger._fabric_lite_configured = True  # type: ignore[attr-defined]

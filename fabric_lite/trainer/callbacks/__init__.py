@@ -4,6 +4,7 @@ gradient-norm monitors, progress bars, model summaries, the timer and the tuner'
 from fabric_lite.trainer.callbacks.base import Callback
 from fabric_lite.trainer.callbacks.checkpoint import ModelCheckpoint
 from fabric_lite.trainer.callbacks.early_stopping import EarlyStopping
+from fabric_lite.trainer.callbacks.finders import BatchSizeFinder, LearningRateFinder
 from fabric_lite.trainer.callbacks.gpu_memory import GPUMemoryLogger
 from fabric_lite.trainer.callbacks.grad_norm import GradNormMonitor, grad_norm
 from fabric_lite.trainer.callbacks.legacy import LRMilestones
@@ -12,9 +13,10 @@ from fabric_lite.trainer.callbacks.model_summary import ModelSummary, RichModelS
 from fabric_lite.trainer.callbacks.progress import ProgressBar, TQDMProgressBar
 from fabric_lite.trainer.callbacks.rich_progress import RichProgressBar
 from fabric_lite.trainer.callbacks.swa import StochasticWeightAveraging
+from fabric_lite.trainer.callbacks.timer import Timer
 
 __all__ = [
-    "Callback", "EarlyStopping", "GPUMemoryLogger", "GradNormMonitor", "LRMilestones", "LearningRateMonitor",
-    "ModelCheckpoint", "ModelSummary", "ProgressBar", "RichModelSummary", "RichProgressBar", "StochasticWeightAveraging",
-    "TQDMProgressBar", "grad_norm",
+    "BatchSizeFinder", "Callback", "EarlyStopping", "GPUMemoryLogger", "GradNormMonitor", "LRMilestones",
+    "LearningRateFinder", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "ProgressBar", "RichModelSummary",
+    "RichProgressBar", "StochasticWeightAveraging", "TQDMProgressBar", "Timer", "grad_norm",
 ]

@@ -84,7 +84,8 @@ def scale_batch_size(trainer: Trainer, model: LightningModule, train_dataloaders
                f"start lower (init_val={max(1, smallest // 2)}) or allow more trials.")
         )
     trials.set_holders(holders, batch_arg_name, found)
-    rank_zero_info(f"Tuner.scale_batch_size: batch size {found} fits ({mode}, trials: {', '.join(map(str, tried))}).")
+    rank_zero_info(f"Finished batch size finder, will continue with full run using batch size {found} "
+                   f"(mode {mode!r}, tried: {', '.join(map(str, tried))})")
     return found
 
 

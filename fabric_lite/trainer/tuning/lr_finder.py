@@ -84,7 +84,7 @@ def lr_find(trainer: Trainer, model: LightningModule, train_dataloaders: Any, va
             rank_zero_warn(f"{call} recorded too few finite losses to suggest a learning rate; {holders[0][1]!r} is unchanged.")
         else:
             trials.set_holders(holders, None, suggestion)
-            rank_zero_info(f"Tuner.lr_find: learning rate set to {suggestion:.3g}.")
+            rank_zero_info(f"Learning rate set to {suggestion}")  # Lightning's words
     if plot_path is not False:
         path = os.fspath(plot_path) if plot_path not in (None, True) else os.path.join(trainer.default_root_dir, "lr_finder.png")
         if trainer.is_global_zero:
