@@ -177,7 +177,7 @@ def test_log_errors_name_the_fix(tmp_path):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-def test_torchmetrics_epoch_value_over_two_processes_is_the_full_dataset_value(tmp_path):
+def test_two_processes_torchmetrics_epoch_value_is_the_full_dataset_value_and_combined_loaders_are_sharded(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run([sys.executable, SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=300, env=env, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -195,3 +195,7 @@ def test_torchmetrics_epoch_value_over_two_processes_is_the_full_dataset_value(t
         assert r["val_mean"] == pytest.approx(float(classification_data(11, seed=1).tensors[0][:, 0].mean()), rel=1e-6)
     assert full_val != pytest.approx(_accuracy([torch.tensor(r0["val_pairs"])])) or full_val != pytest.approx(
         _accuracy([torch.tensor(r1["val_pairs"])]))  # the data makes a rank-local value differ from the full one
+    # (test_combined_loaders) a list of two training loaders under DDP: each loader sharded by its own
+    # distributed sampler (rank r gets samples r, r+2, ...), the shorter one cycled
+    assert r0["combined_seen"] == [[[0, 2], [100, 102]], [[4, 6], [100, 102]]]
+    assert r1["combined_seen"] == [[[1, 3], [101, 103]], [[5, 7], [101, 103]]]

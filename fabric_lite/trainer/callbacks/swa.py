@@ -10,6 +10,7 @@ from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer.callbacks.base import Callback
+from fabric_lite.trainer.combined_loader import batches
 from fabric_lite.trainer.loops.hooks import call_step, transfer_batch
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ class StochasticWeightAveraging(Callback):
             if pl_module.automatic_optimization:
                 _recompute_batchnorm(trainer, pl_module)
             else:  # a manual training_step steps its optimizers itself: the module's forward over the inputs
-                update_bn(_inputs(trainer, trainer.train_dataloader), pl_module, device=trainer.fabric.device)
+                update_bn(_inputs(trainer, trainer.state.train_loader), pl_module, device=trainer.fabric.device)
             pl_module.train(was_training)
 
     def state_dict(self) -> dict[str, Any]:
@@ -164,7 +165,7 @@ def _recompute_batchnorm(trainer: Trainer, pl_module: LightningModule) -> None:
     was_enabled, results.enabled = results.enabled, False  # this pass logs nothing
     try:
         with torch.no_grad():
-            for index, batch in enumerate(_inputs(trainer, trainer.state.train_loader or trainer.train_dataloader)):
+            for index, batch in enumerate(_inputs(trainer, trainer.state.train_loader)):
                 call_step(trainer, "training_step", batch, index)
     finally:
         results.enabled = was_enabled
@@ -174,7 +175,7 @@ def _recompute_batchnorm(trainer: Trainer, pl_module: LightningModule) -> None:
 
 def _inputs(trainer: Trainer, loader: Any) -> Any:
     """The training batches after the module's transfer hooks, as update_bn wants them."""
-    for index, batch in enumerate(loader):
+    for index, batch in enumerate(batches(loader)):
         if index >= trainer.num_training_batches:
             break
         yield transfer_batch(trainer, batch, 0)

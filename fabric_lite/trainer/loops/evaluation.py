@@ -8,6 +8,7 @@ import torch
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer import checkpointing
+from fabric_lite.trainer.combined_loader import batches
 from fabric_lite.trainer.datamodule import LightningDataModule
 from fabric_lite.trainer.loops import setup
 from fabric_lite.trainer.loops.hooks import call_hook, call_module, call_step, finalize_loggers, on_exception, transfer_batch
@@ -39,7 +40,7 @@ def _prepare(trainer: Trainer, stage: str, model: LightningModule | None, datalo
             f"Trainer.{stage}(model) found no data: no dataloaders, no datamodule, no model.{hook}(). "
             f"Fix: trainer.{stage}(model, dataloaders=loader) or datamodule=dm."
         )
-    return [setup.setup_loader(trainer, d, train=False) for d in setup.as_list(loaders)]
+    return setup.setup_eval_data(trainer, loaders)
 
 
 def run_eval(trainer: Trainer, stage: str, model: LightningModule | None, dataloaders: Any, ckpt_path: Any, verbose: bool,
@@ -88,7 +89,7 @@ def run_predict(trainer: Trainer, model: LightningModule | None, dataloaders: An
             extra = (dataloader_idx,) if several else ()
             predictions: list[Any] = []
             with grad_context():
-                for batch_idx, batch in enumerate(loader):
+                for batch_idx, batch in enumerate(batches(loader)):
                     if batch_idx >= limit:
                         break
                     batch = transfer_batch(trainer, batch, dataloader_idx)

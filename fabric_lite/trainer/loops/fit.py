@@ -10,6 +10,7 @@ import torch
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer import checkpointing
 from fabric_lite.trainer import preemption as preempt
+from fabric_lite.trainer.combined_loader import batches
 from fabric_lite.trainer.loops import setup
 from fabric_lite.trainer.loops.validation import run_sanity_check, run_validation
 from fabric_lite.trainer.loops.hooks import call_hook, call_step, finalize_loggers, log_metrics, log_step, on_exception, transfer_batch
@@ -43,9 +44,9 @@ def run_fit(trainer: Trainer, model: LightningModule, train_dataloaders: Any, va
             "model.train_dataloader(). Fix: trainer.fit(model, train_loader) or trainer.fit(model, datamodule=dm)."
         )
     val_loaders = val_dataloaders if val_dataloaders is not None else setup.source(trainer, "val_dataloader")
-    state.train_dataloader = setup.setup_loader(trainer, train_loader, train=True)
-    state.val_dataloaders = [setup.setup_loader(trainer, d, train=False) for d in setup.as_list(val_loaders)]
-    state.num_training_batches = setup.limited(state.train_dataloader, trainer.limit_train_batches, "limit_train_batches")
+    state.train_dataloader, state.train_loader = setup.setup_train_data(trainer, train_loader)
+    state.val_dataloaders = setup.setup_eval_data(trainer, val_loaders)
+    state.num_training_batches = setup.limited(state.train_loader, trainer.limit_train_batches, "limit_train_batches")
     state.num_val_batches = [setup.limited(d, trainer.limit_val_batches, "limit_val_batches") for d in state.val_dataloaders]
     state.val_check_batch = setup.compute_val_check_batch(trainer)
     state.current_epoch, state.global_step, state.total_batch_idx, state.phase = 0, 0, 0, "epoch_done"
@@ -140,7 +141,7 @@ def _train_epoch(trainer: Trainer, resume: dict[str, Any] | None) -> None:
     call_hook(trainer, "on_train_epoch_start")
     # A stateful loader (fabric_lite's set-up dataloaders) continues its interrupted epoch by itself:
     # same order, the trained batches dropped at the index level, the random state put back.
-    iterator = iter(state.train_dataloader)
+    iterator = batches(state.train_loader)  # several loaders: one batch of each (CombinedLoader's mode)
     stop_epoch = False
     for _ in range(skip):  # resume mid-epoch: the same order, the batches already trained skipped
         next(iterator)

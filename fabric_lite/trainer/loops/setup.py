@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer import flags as F
+from fabric_lite.trainer.combined_loader import MODES, CombinedLoader, as_combined
 from fabric_lite.trainer.loops.hooks import call_hook, call_module
 from fabric_lite.trainer.module import LightningModule
 from fabric_lite.trainer.optimizers import parse_optimizers
@@ -143,6 +144,43 @@ def setup_loader(trainer: Trainer, loader: Any, *, train: bool) -> Any:
     return trainer.fabric.setup_dataloaders(loader, move_to_device=False, even_batches=even)
 
 
+def setup_train_data(trainer: Trainer, loaders: Any) -> tuple[Any, Any]:
+    """Set the training data up: (what ``trainer.train_dataloader`` shows, what the fit loop iterates).
+
+    A list, tuple or dict of loaders (or a CombinedLoader) is drawn from together, each loader set up by
+    Fabric; the default mode is ``"max_size_cycle"`` and ``"sequential"`` is refused, as in Lightning.
+    """
+    combined = as_combined(loaders, "max_size_cycle")
+    if combined is None:
+        loader = setup_loader(trainer, loaders, train=True)
+        return loader, loader
+    if combined.mode == "sequential":
+        raise ConfigurationError(
+            "Trainer.fit got a CombinedLoader(mode='sequential') as training data, but training draws one batch from "
+            "every loader per step and does not support the 'sequential' mode (as in Lightning). "
+            f"Choose one of: {', '.join(m for m in MODES if m != 'sequential')}."
+        )
+    combined.flattened = [setup_loader(trainer, d, train=True) for d in combined.flattened]
+    return combined.iterables, combined
+
+
+def setup_eval_data(trainer: Trainer, loaders: Any) -> list[Any]:
+    """Set evaluation / prediction data up: the loaders a pass runs one after another (``dataloader_idx`` order).
+
+    A list, tuple or dict of loaders (or a ``"sequential"`` CombinedLoader) runs loader after loader; a
+    CombinedLoader in another mode is one loader whose batches hold a batch of each.
+    """
+    if loaders is None:
+        return []
+    combined = as_combined(loaders, "sequential")
+    if combined is None:
+        return [setup_loader(trainer, loaders, train=False)]
+    if combined.mode == "sequential":
+        return [setup_loader(trainer, d, train=False) for d in combined.flattened]
+    combined.flattened = [setup_loader(trainer, d, train=False) for d in combined.flattened]
+    return [combined]
+
+
 def compute_val_check_batch(trainer: Trainer) -> int | float:
     if not trainer.val_dataloaders or not any(trainer.num_val_batches):
         return float("inf")
@@ -169,7 +207,13 @@ def as_list(loaders: Any) -> list[Any]:
 
 
 def limited(loader: Any, limit: float, flag: str) -> int | float:
-    """How many batches of ``loader`` a ``limit_*_batches`` value lets run."""
+    """How many batches of ``loader`` a ``limit_*_batches`` value lets run.
+
+    A CombinedLoader gets the limit per loader (Lightning's rule), and its length per its mode follows.
+    """
+    if isinstance(loader, CombinedLoader):
+        loader.limits = [limited(d, limit, flag) for d in loader.flattened]
+        return loader.length()
     try:
         total: int | float = len(loader)
     except TypeError:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fabric_lite.trainer.combined_loader import batches
 from fabric_lite.trainer.loops.hooks import call_hook, call_module, call_step, log_metrics, transfer_batch
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def evaluation_loop(trainer: Trainer, stage: str, loaders: list[Any], limits: li
         # Several loaders: each one's metrics are kept apart as "<name>/dataloader_idx_<i>" (Lightning's names).
         results.suffix = f"/dataloader_idx_{dataloader_idx}" if several else ""
         with grad_context():
-            for batch_idx, batch in enumerate(loader):
+            for batch_idx, batch in enumerate(batches(loader)):
                 if batch_idx >= limit:
                     break
                 batch = transfer_batch(trainer, batch, dataloader_idx)

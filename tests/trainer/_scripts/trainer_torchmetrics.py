@@ -1,4 +1,5 @@
-"""Run by test_logging_metrics.py on 2 CPU processes (DDP, gloo): torchmetrics objects logged with self.log.
+"""Run by test_logging_metrics.py on 2 CPU processes (DDP, gloo): torchmetrics objects logged with self.log, and a
+list of two training loaders (each one sharded by Fabric's distributed sampler).
 
     python trainer_torchmetrics.py OUT_DIR     (the Trainer re-runs this script for rank 1)
 
@@ -16,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_combined_loaders import TwoLoaders, numbered
 from test_logging_metrics import Classifier, classification_data
 
 from fabric_lite.trainer import Trainer
@@ -41,6 +43,10 @@ def main(out: Path) -> None:
         "val_pairs": val_pairs.tolist(),
         "val_x0": model.val_x0,
     }
+    several = TwoLoaders()
+    Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False, enable_progress_bar=False,
+            enable_checkpointing=False).fit(several, [numbered(8, 2), numbered(4, 2, offset=100)])
+    report["combined_seen"] = several.seen
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
