@@ -92,12 +92,23 @@ class Trainer:
         self.state = LoopState()
         self.state.results = Results(self.fabric, self.state.callback_metrics)
         self._tuner: Any = None
+        self._interrupted = False  # set by loops.launch when a run ends with an exception (Ctrl-C included)
 
     # ------------------------------------------------------------------------------ read-only views
     @property
     def model(self) -> Any:
         """The model as set up by Fabric (strategy- and precision-wrapped), or None before a run."""
         return self.state.model
+
+    @property
+    def interrupted(self) -> bool:
+        """True when the last fit / validate / test / predict ended with an exception, Ctrl-C included (Lightning's name).
+
+        Ctrl-C (KeyboardInterrupt) ends the call gracefully: the callbacks', module's and data module's
+        ``on_exception`` hooks run, the loggers are finalized with "failed", and the call returns None, so the
+        script goes on (Lightning 2.0-2.3 did this; 2.4+ exits the program with status 1 instead).
+        """
+        return self._interrupted
 
     @property
     def preemption_ckpt_path(self) -> str:

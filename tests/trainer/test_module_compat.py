@@ -439,3 +439,69 @@ def test_load_from_checkpoint_errors_name_the_fix(tmp_path):
 
     with pytest.raises(ConfigurationError, match=r"hparams_file='.*nope.yaml': no such file"):
         Lit.load_from_checkpoint(tmp_path / "backbone.ckpt", hparams_file=tmp_path / "nope.yaml")
+
+
+# ---------------------------------------------------------------------------------------------- 6. Ctrl-C
+def test_ctrl_c_ends_fit_gracefully_with_the_exception_hooks(tmp_path):
+    """A real SIGINT to a real process running the Trainer: the call returns, hooks ran, trainer.interrupted is True."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "_scripts" / "interrupt_fit.py"
+    process = subprocess.Popen([sys.executable, str(script), "fit"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.strip() == "READY", line + process.stderr.read() if process.stderr else ""
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    assert lines["returned"] == "None" and lines["interrupted"] == "True" and lines["after"] == "ok"
+    assert lines["events"].split(",") == ["callback.on_exception:KeyboardInterrupt", "logger.finalize:failed",
+                                          "module.on_exception:KeyboardInterrupt", "datamodule.on_exception:KeyboardInterrupt"]
+    assert "Traceback" not in err
+
+
+def test_keyboard_interrupt_in_test_and_predict_ends_the_call_with_the_hooks(tmp_path):
+    class Interrupted(NoBatchIdx):
+        def test_step(self, batch):
+            raise KeyboardInterrupt
+
+        predict_step = test_step
+
+        def on_exception(self, exception):
+            self.seen.append(type(exception).__name__)
+
+    model, trainer = Interrupted(), _trainer(tmp_path)
+    assert trainer.test(model, _loader(4), verbose=False) is None and trainer.interrupted
+    assert trainer.predict(model, _loader(4)) is None and trainer.interrupted
+    assert model.seen == ["KeyboardInterrupt", "KeyboardInterrupt"]
+
+
+def test_other_exceptions_are_raised_again_after_the_hooks_and_interrupted_is_reset(tmp_path):
+    class Boom(_Base):
+        def __init__(self):
+            super().__init__()
+            self.hooked: list[str] = []
+
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 1:
+                raise ValueError("boom")
+            return self(batch[0]).sum()
+
+        def on_exception(self, exception):
+            self.hooked.append(str(exception))
+
+    model, trainer = Boom(), _trainer(tmp_path, max_epochs=1)
+    with pytest.raises(ValueError, match="boom"):
+        trainer.fit(model, _loader())
+    assert trainer.interrupted and model.hooked == ["boom"]
+    trainer.validate(NoBatchIdx(), _loader(4), verbose=False)
+    assert not trainer.interrupted  # each call starts uninterrupted

@@ -3,21 +3,61 @@
 from __future__ import annotations
 
 import io
+import signal
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fabric_lite.fabric import Fabric
+from fabric_lite.trainer.loops.hooks import on_exception
 from fabric_lite.trainer.module import LightningModule
 from fabric_lite.trainer.results import Results
+from fabric_lite.utilities.rank_zero import rank_zero_info
 
 if TYPE_CHECKING:
     from fabric_lite.trainer.trainer import Trainer
 
 
 def launch(trainer: Trainer, run: Callable[..., Any], model: Any, *args: Any) -> Any:
-    """Run ``run(trainer, *args)`` on every process; the caller's ``model`` gets rank 0's trained weights when spawned."""
+    """Run ``run(trainer, *args)`` on every process; the caller's ``model`` gets rank 0's trained weights when spawned.
+
+    The entry point of fit / validate / test / predict, so every exception passes here: the callbacks' ``on_exception``
+    (if the loop did not call them yet), then the module's and the data module's, and ``trainer.interrupted`` becomes
+    True. A ``KeyboardInterrupt`` (Ctrl-C) ends the call gracefully instead: it returns None (a second Ctrl-C is
+    ignored while the hooks run); any other exception is raised again.
+    """
+    trainer._interrupted = False
+    try:
+        return _launch(trainer, run, model, *args)
+    except BaseException as error:
+        handle_exception(trainer, error)
+        if isinstance(error, KeyboardInterrupt):
+            return None
+        raise
+
+
+def handle_exception(trainer: Trainer, error: BaseException) -> None:
+    """Lightning's interrupt handling: mark the Trainer interrupted, call the exception hooks, finalize the loggers."""
+    ignoring = isinstance(error, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignoring else None
+    try:
+        if isinstance(error, KeyboardInterrupt):
+            rank_zero_info("Detected KeyboardInterrupt, attempting graceful shutdown ...")
+        trainer._interrupted = True
+        if trainer.state.stage is not None:  # the loop's own handler has not run (it resets the stage)
+            on_exception(trainer, error)
+        for target in (trainer.lightning_module, trainer.datamodule):
+            hook = getattr(target, "on_exception", None) if target is not None else None
+            if callable(hook):
+                hook(error)
+    finally:
+        if ignoring:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _launch(trainer: Trainer, run: Callable[..., Any], model: Any, *args: Any) -> Any:
     if trainer.fabric.launcher.runs_function_in_new_processes:
         if trainer._spawned:  # each call starts its processes anew (as Lightning's ddp_spawn does): a fresh Fabric
             trainer.fabric = Fabric(**trainer._fabric_arguments)
