@@ -116,8 +116,9 @@ class DeepSpeedConfig:
         if "train_batch_size" not in config:  # else DeepSpeed derives what is missing from it and the world size
             config.setdefault("train_micro_batch_size_per_gpu", micro_batch_size or 1)
             config.setdefault("gradient_accumulation_steps", 1)
-        if self.gradient_clipping is not None:
-            config.setdefault("gradient_clipping", self.gradient_clipping)
+        # Not clipping is said explicitly: DeepSpeed's own default (1.0 in DeepSpeed 0.19) would clip every step unasked, and
+        # a Trainer/Fabric run would then silently differ from the same run under DDP. Lightning's Trainer does the same.
+        config.setdefault("gradient_clipping", self.gradient_clipping if self.gradient_clipping is not None else 0.0)
         config.setdefault("zero_allow_untested_optimizer", self.zero_allow_untested_optimizer)
         section = PRECISION_SECTIONS.get(precision)
         if section == "bf16" and not enabled(config.get("bf16")):
