@@ -1,12 +1,11 @@
 """Callbacks users import from lightning.pytorch.callbacks: Timer, LearningRateFinder, BatchSizeFinder; the exports;
-seed_everything's "Seed set to N" on the fabric_lite logger."""
+the fabric_lite logger's set-up (its default stderr output, "Seed set to N" on rank 0 only, is checked on two real
+processes in test_progress.py::test_only_rank_zero_draws_logs_and_reports_each_rank_profiles)."""
 
 from __future__ import annotations
 
 import io
 import logging
-import subprocess
-import sys
 import time
 from datetime import timedelta
 
@@ -136,16 +135,6 @@ def test_batch_size_finder_trains_with_the_size_found(tmp_path, fabric_log):
         quiet_trainer(tmp_path, max_epochs=1, callbacks=[BatchSizeFinder()]).fit(Regressor(), loader(8, 4))
     with pytest.raises(ConfigurationError, match=r"BatchSizeFinder\(mode='linear'\) is not a known mode. Choose one of: power, binsearch"):
         BatchSizeFinder(mode="linear")
-
-
-def test_seed_everything_says_so_on_stderr_without_logging_set_up():
-    script = ("from fabric_lite.trainer import seed_everything\n"
-              "from fabric_lite.utilities.rank_zero import rank_zero_only\n"
-              "seed_everything(42)\n"
-              "rank_zero_only.rank = 1\n"  # what the strategy sets on another process: it stays silent
-              "seed_everything(7)\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
-    assert result.stderr == "Seed set to 42\n" and result.stdout == ""
 
 
 def test_logger_defers_to_an_application_that_configured_logging():

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from trainer_helpers import Regressor, loader
@@ -121,3 +125,21 @@ def test_plain_progress_bar_prints_a_line_per_epoch(tmp_path, capsys):
     trainer.fit(Regressor(), loader(8, 4))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
     assert len(lines) == 2 and lines[1].startswith("Epoch 1: 2 batches, step 4  train_loss_step")
+
+
+def test_only_rank_zero_draws_logs_and_reports_each_rank_profiles(tmp_path):
+    """2 real DDP processes: one set of bars, one "Seed set to 7" and one summary; one profiler file per rank."""
+    pytest.importorskip("tqdm")
+    script = Path(__file__).parent / "_scripts" / "trainer_console_ranks.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                            env=env, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["bar_enabled"] for r in reports] == [True, False] and reports[0]["step"] == reports[1]["step"] == 4
+    # the fabric_lite logger prints INFO on stderr with logging left unconfigured, on rank 0 only
+    assert result.stderr.splitlines().count("Seed set to 7") == 1 and result.stderr.count("Total params") == 1
+    assert result.stdout.count("Sanity Checking DataLoader 0: 100%") == 1  # rank 1 has no bar to draw
+    assert "Epoch 1: 100%" in result.stdout
+    for rank in (0, 1):  # every rank profiles its own run, rank-suffixed as in Lightning
+        assert "training_step" in (tmp_path / f"fit-perf-{rank}.txt").read_text()
