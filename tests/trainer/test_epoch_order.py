@@ -103,7 +103,7 @@ def test_on_train_batch_end_receives_lightnings_step_output(tmp_path, kind, manu
     for outputs, module_outputs, loss, batch_idx in zip(recorder.outputs, model.module_saw, model.losses, range(3)):
         assert module_outputs is outputs  # callbacks and module get the same object
         if kind == "none":
-            assert outputs == {}  # Lightning hands an empty dict when training_step returned None
+            assert outputs is None  # a skipped batch (Lightning 2.6 hands {} there)
             continue
         assert isinstance(outputs, dict) and set(outputs) == ({"loss", "count"} if kind == "dict" else {"loss"})
         assert not outputs["loss"].requires_grad

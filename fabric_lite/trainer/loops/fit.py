@@ -222,14 +222,15 @@ def _end_epoch(trainer: Trainer, *, run_hooks: bool, results_lost: bool) -> None
     state.phase = "epoch_done"
 
 
-def _batch_end_outputs(outputs: Any, automatic: bool, accumulate: int) -> dict[str, Any]:
+def _batch_end_outputs(outputs: Any, automatic: bool, accumulate: int) -> Any:
     """The step output as Lightning hands it to ``on_train_batch_end``: a dict with the detached ``loss``.
 
-    A tensor becomes ``{"loss": tensor}``, a dict keeps its keys, None becomes ``{}``. Under automatic
-    optimisation the loss is the one backpropagated: divided by ``accumulate_grad_batches``.
+    A tensor becomes ``{"loss": tensor}``, a dict keeps its keys. Under automatic optimisation the loss is
+    the one backpropagated: divided by ``accumulate_grad_batches``. None (a skipped batch) stays None;
+    Lightning 2.6 passes ``{}`` there, but callbacks here (the LR finder) read None as "no loss".
     """
     if outputs is None:
-        return {}
+        return None
     if isinstance(outputs, torch.Tensor):
         outputs = {"loss": outputs}
     elif not isinstance(outputs, Mapping):
