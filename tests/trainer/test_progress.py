@@ -16,7 +16,7 @@ from trainer_helpers import Regressor, loader
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.loggers import CSVLogger
 from fabric_lite.trainer import Trainer
-from fabric_lite.trainer.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+from fabric_lite.trainer.callbacks import ProgressBar, RichProgressBar, RichProgressBarTheme, TQDMProgressBar
 
 
 class TwoLoaderRegressor(Regressor):
@@ -103,11 +103,28 @@ def test_rich_progress_bar_draws_every_stage(tmp_path):
     trainer.test(model, loader(8, 4), verbose=False)
     trainer.predict(model, loader(8, 4))
     text = buffer.getvalue()
-    for expected in ("Sanity Checking DataLoader 0", "Epoch 0", "Epoch 1", "Validation DataLoader 0", "4/4", "v_num=5",
-                     "train_loss_step=", "train_loss_epoch=", "Testing DataLoader 0", "Predicting DataLoader 0"):
+    for expected in ("Sanity Checking DataLoader 0", "Epoch 0", "Epoch 1", "Validation DataLoader 0", "4/4", "v_num: 5",
+                     "train_loss_step: ", "train_loss_epoch: ", "Testing DataLoader 0", "Predicting DataLoader 0"):
         assert expected in text, expected
-    epoch_value = f"{trainer.progress_bar_metrics['train_loss_epoch']:.3g}"
-    assert f"train_loss_epoch={epoch_value}" in text
+    epoch_value = f"{trainer.progress_bar_metrics['train_loss_epoch']:.3f}"  # the theme's metrics_format
+    assert f"train_loss_epoch: {epoch_value}" in text
+
+
+def test_rich_theme_formats_the_metrics(tmp_path):
+    pytest.importorskip("rich")
+    buffer = io.StringIO()
+    theme = RichProgressBarTheme(metrics_format=".6f", metrics_text_delimiter=" | ", progress_bar="red")
+    bar = RichProgressBar(theme=theme, console_kwargs={"file": buffer, "force_terminal": True, "width": 200})
+    trainer = bar_trainer(tmp_path, logger=False, max_epochs=1, callbacks=[bar])
+    trainer.fit(Regressor(), loader(8, 4))
+    text = buffer.getvalue()
+    value = trainer.progress_bar_metrics["train_loss_epoch"]
+    assert f"train_loss_step: {trainer.progress_bar_metrics['train_loss_step']:.6f} | train_loss_epoch: {value:.6f}" in text
+    assert "\x1b[31m" in text  # the bar drawn in the theme's red
+    from fabric_lite.trainer.callbacks import ModelSummary, RichModelSummary
+
+    with_summary = bar_trainer(tmp_path, enable_model_summary=True, callbacks=[RichProgressBar()])
+    assert [type(c) for c in with_summary.callbacks if isinstance(c, ModelSummary)] == [RichModelSummary]  # as Lightning
 
 
 def test_rich_missing_names_the_install(monkeypatch):

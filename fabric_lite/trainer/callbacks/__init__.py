@@ -11,12 +11,12 @@ from fabric_lite.trainer.callbacks.legacy import LRMilestones
 from fabric_lite.trainer.callbacks.lr_monitor import LearningRateMonitor
 from fabric_lite.trainer.callbacks.model_summary import ModelSummary, RichModelSummary
 from fabric_lite.trainer.callbacks.progress import ProgressBar, TQDMProgressBar
-from fabric_lite.trainer.callbacks.rich_progress import RichProgressBar
+from fabric_lite.trainer.callbacks.rich_progress import RichProgressBar, RichProgressBarTheme
 from fabric_lite.trainer.callbacks.swa import StochasticWeightAveraging
 from fabric_lite.trainer.callbacks.timer import Timer
 
 __all__ = [
     "BatchSizeFinder", "Callback", "EarlyStopping", "GPUMemoryLogger", "GradNormMonitor", "LRMilestones",
     "LearningRateFinder", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "ProgressBar", "RichModelSummary",
-    "RichProgressBar", "StochasticWeightAveraging", "TQDMProgressBar", "Timer", "grad_norm",
+    "RichProgressBar", "RichProgressBarTheme", "StochasticWeightAveraging", "TQDMProgressBar", "Timer", "grad_norm",
 ]

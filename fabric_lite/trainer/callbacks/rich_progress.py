@@ -7,6 +7,7 @@ each, with the ``prog_bar=True`` metrics and ``v_num`` beside the training bar; 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fabric_lite.trainer.callbacks.progress import ProgressBar, _total
@@ -27,14 +28,33 @@ def require_rich(what: str) -> None:
         ) from None
 
 
+@dataclass
+class RichProgressBarTheme:
+    """Styles of the parts of the rich bars (any ``rich`` style: ``"bold red"``, ``"#6206E0"``...), Lightning's fields.
+
+    ``metrics_format`` formats float metrics and ``metrics_text_delimiter`` separates them
+    (``v_num: 3 train_loss: 0.123``).
+    """
+
+    description: Any = ""
+    progress_bar: Any = "#6206E0"
+    progress_bar_finished: Any = "#6206E0"
+    progress_bar_pulse: Any = "#6206E0"
+    batch_progress: Any = ""
+    time: Any = "dim"
+    processing_speed: Any = "dim underline"
+    metrics: Any = "italic"
+    metrics_text_delimiter: str = " "
+    metrics_format: str = ".3f"
+
+
 class RichProgressBar(ProgressBar):
     """Progress bars drawn by ``rich.progress``.
 
     Args:
         refresh_rate: redraw every this many batches (0: off).
         leave: keep one finished line per training epoch (default: one line reused for the fit).
-        theme: accepted for Lightning compatibility; a ``rich`` style name per part is not supported yet
-            and the default colours are used.
+        theme: a :class:`RichProgressBarTheme` (styles of each part, the metrics' format).
         console_kwargs: passed to ``rich.console.Console`` (for example ``{"file": buffer, "width": 120}``).
     """
 
@@ -43,7 +63,7 @@ class RichProgressBar(ProgressBar):
         require_rich("RichProgressBar")
         super().__init__(refresh_rate)
         self._leave = leave
-        self.theme = theme
+        self.theme = theme if theme is not None else RichProgressBarTheme()
         self._console_kwargs = dict(console_kwargs or {})
         self.progress: Any = None
         self.train_progress_bar_id: Any = None
@@ -56,11 +76,15 @@ class RichProgressBar(ProgressBar):
         if self.progress is not None or self.is_disabled:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+        theme = self.theme
         self.progress = Progress(
-            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"),
+            TextColumn("{task.description}", style=theme.description),
+            BarColumn(complete_style=theme.progress_bar, finished_style=theme.progress_bar_finished,
+                      pulse_style=theme.progress_bar_pulse),
+            TextColumn("{task.completed}/{task.total}", style=theme.batch_progress),
+            TimeElapsedColumn(), TextColumn("{task.fields[metrics]}", style=theme.metrics),
             console=Console(**self._console_kwargs), auto_refresh=False,
         )
         self.progress.start()
@@ -72,6 +96,13 @@ class RichProgressBar(ProgressBar):
             self.progress = None
             self.train_progress_bar_id = self.val_progress_bar_id = None
             self.test_progress_bar_id = self.predict_progress_bar_id = None
+
+    def _metrics_text(self, trainer: Trainer, pl_module: LightningModule) -> str:
+        parts = []
+        for name, value in self.get_metrics(trainer, pl_module).items():
+            shown = f"{value:{self.theme.metrics_format}}" if isinstance(value, float) else str(value)
+            parts.append(f"{name}: {shown}")
+        return self.theme.metrics_text_delimiter.join(parts)
 
     def _add(self, description: str, total: Any) -> Any:
         self._start()
