@@ -113,12 +113,14 @@ def test_model_summary_callback_max_depth(tmp_path, fabric_log):
 def test_rich_model_summary_draws_a_table(tmp_path):
     pytest.importorskip("rich")
     buffer = io.StringIO()
-    callback = RichModelSummary(max_depth=1, console_kwargs={"file": buffer, "width": 120})
+    callback = RichModelSummary(max_depth=1, console_kwargs={"file": buffer, "width": 120, "force_terminal": True},
+                                header_style="bold red")
     trainer = Trainer(accelerator="cpu", max_epochs=1, default_root_dir=str(tmp_path), logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, callbacks=[callback])
     trainer.fit(AutoEncoder(), loader(8, 4))
     text = buffer.getvalue()
     assert "Sequential" in text and "encoder" in text and "Total params" in text and "118" in text
+    assert "\x1b[1;31m" in text  # the header in the header_style asked for
 
 
 def test_bad_max_depth_is_refused():
@@ -126,3 +128,6 @@ def test_bad_max_depth_is_refused():
         ModelSummary(max_depth=-2)
     with pytest.raises(ConfigurationError, match=r"ModelSummary\(max_depth='all'\) is not a depth"):
         summarize(nn.Linear(1, 1), max_depth="all")
+    with pytest.raises(ConfigurationError, match=r"ModelSummary\(header_style=...\) got argument\(s\) it does not use. "
+                                                 r"Fix: drop them \(it takes: none besides max_depth\)"):
+        ModelSummary(header_style="bold")

@@ -83,6 +83,8 @@ def test_no_bar_when_disabled_and_conflicting_bars_refused(tmp_path, capsys):
         bar_trainer(tmp_path, callbacks=[TQDMProgressBar(), ProgressBar()])
     with pytest.raises(ConfigurationError, match=r"TQDMProgressBar\(refresh_rate=-1\) is not a number of batches"):
         TQDMProgressBar(refresh_rate=-1)
+    with pytest.raises(ConfigurationError, match=r"ProgressBar\(plain=False\) asked for the tqdm bar.*Fix: TQDMProgressBar"):
+        ProgressBar(plain=False)
 
 
 def test_refresh_rate_zero_draws_nothing(tmp_path, capsys):

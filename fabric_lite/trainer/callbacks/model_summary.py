@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer.callbacks.base import Callback
 from fabric_lite.trainer.model_summary import ModelSummary as Summary
 from fabric_lite.trainer.model_summary import check_max_depth, summarize
@@ -31,8 +32,18 @@ class ModelSummary(Callback):
         2
     """
 
+    #: keyword arguments of the drawing this class understands (RichModelSummary: header_style)
+    SUMMARIZE_KWARGS: tuple[str, ...] = ()
+
     def __init__(self, max_depth: int = 1, **summarize_kwargs: Any) -> None:
         check_max_depth(max_depth)  # now, not at fit start
+        unknown = sorted(set(summarize_kwargs) - set(self.SUMMARIZE_KWARGS))
+        if unknown:
+            known = ", ".join(self.SUMMARIZE_KWARGS) or "none besides max_depth"
+            raise ConfigurationError(
+                f"{type(self).__name__}({', '.join(k + '=...' for k in unknown)}) got argument(s) it does not use. "
+                f"Fix: drop them (it takes: {known})."
+            )
         self.max_depth = max_depth
         self._summarize_kwargs = summarize_kwargs
 
@@ -52,7 +63,10 @@ class RichModelSummary(ModelSummary):
     Args:
         max_depth: as :class:`ModelSummary`.
         console_kwargs: passed to ``rich.console.Console`` (e.g. ``{"file": buffer, "width": 120}``).
+        header_style: the ``rich`` style of the header row (default ``"bold magenta"``).
     """
+
+    SUMMARIZE_KWARGS = ("header_style",)
 
     def __init__(self, max_depth: int = 1, console_kwargs: dict[str, Any] | None = None, **summarize_kwargs: Any) -> None:
         from fabric_lite.trainer.callbacks.rich_progress import require_rich
@@ -65,7 +79,7 @@ class RichModelSummary(ModelSummary):
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(header_style="bold magenta")
+        table = Table(header_style=self._summarize_kwargs.get("header_style", "bold magenta"))
         columns = summary._columns()
         for title, _ in columns:
             table.add_column(title, justify="right" if title == "Params" else "left")

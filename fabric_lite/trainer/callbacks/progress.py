@@ -36,7 +36,8 @@ class ProgressBar(Callback):
 
     Args:
         refresh_rate: redraw every this many batches (0 disables the bar).
-        plain: accepted for older code; the base class always prints plain lines.
+        plain: from older code: True (or None) is this plain bar; False asked for tqdm, which is now
+            ``TQDMProgressBar`` (an error says so).
     """
 
     sanity_check_description = "Sanity Checking"
@@ -50,6 +51,11 @@ class ProgressBar(Callback):
             raise ConfigurationError(
                 f"{type(self).__name__}(refresh_rate={refresh_rate!r}) is not a number of batches. "
                 f"Fix: pass an int >= 1 (0 turns the bar off)."
+            )
+        if plain is False and type(self) is ProgressBar:
+            raise ConfigurationError(
+                "ProgressBar(plain=False) asked for the tqdm bar, which is its own class now. "
+                "Fix: TQDMProgressBar(refresh_rate=...) (or RichProgressBar()); ProgressBar() prints one plain line per epoch."
             )
         self._refresh_rate = refresh_rate
         self._enabled = refresh_rate > 0
