@@ -23,7 +23,7 @@ environment (which knows the nodes) is the better reader. Hydra's ``MPI_LOCALRAN
 The rendezvous: MPI tells no process where rank 0 runs, so ``MASTER_ADDR`` and ``MASTER_PORT`` come from the
 user (``mpirun -x MASTER_ADDR=node1 -x MASTER_PORT=29500``, ``mpiexec -genv MASTER_PORT 29500``). When every
 process runs on one node (local size = world size) ``MASTER_ADDR`` may be left out: 127.0.0.1 is used.
-``MASTER_PORT`` is always needed; a missing one is an error naming the flag that sets it.
+``MASTER_PORT`` is needed from two processes on; a missing one is an error naming the flag that sets it.
 
 The node rank: ``NODE_RANK`` when set; else it is worked out from the global and local rank assuming every node
 runs the same number of processes, placed in blocks (mpirun's default: rank r on node r // local size) or
@@ -189,6 +189,8 @@ class MPIEnvironment(ClusterEnvironment):
     def main_port(self) -> int:
         if "MASTER_PORT" in self.env:
             return self._read("MASTER_PORT", lowest=1)
+        if self._read(self.flavour.size, 1) == 1:
+            return 0  # mpirun -np 1: nobody to meet (a one-process group picks a free port itself)
         f = self.flavour
         raise FabricEnvironmentError(
             f"{f.name} started this process, but MPI sets no rendezvous port and MASTER_PORT is not set, so the "

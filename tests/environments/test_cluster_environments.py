@@ -157,6 +157,9 @@ def test_mpi_rendezvous_needs_master_port_and_on_several_nodes_master_addr():
     one_node = {**OMPI, "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
     del one_node["MASTER_ADDR"]
     assert MPIEnvironment(one_node).main_address == "127.0.0.1"  # every process on this node
+    alone = {"OMPI_COMM_WORLD_SIZE": "1", "OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+             "OMPI_COMM_WORLD_LOCAL_SIZE": "1"}  # mpirun -np 1: one process, nobody to meet
+    assert (_plan(alone).strategy, MPIEnvironment(alone).main_port) == ("single_device", 0)
     no_port = {k: v for k, v in one_node.items() if k != "MASTER_PORT"}
     with pytest.raises(FabricEnvironmentError) as error:
         _plan(no_port, devices=2)  # refused when Fabric is made, before any process waits for the others
