@@ -147,7 +147,10 @@ def test_two_processes_started_with_rank_but_no_local_rank_train_together(device
 
     script = tmp_path / "placed.py"
     script.write_text(PLACED_SCRIPT)
-    base = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE")}
+    # Without another launcher's variables (a CI host in Kubernetes sets KUBERNETES_PORT, which would read as Kubeflow).
+    launcher_prefixes = ("SLURM_", "OMPI_", "PMI_", "LSB_", "JSM_", "KUBERNETES_", "TORCHELASTIC_")
+    base = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE")
+            and not k.startswith(launcher_prefixes)}
     base.update(OMP_NUM_THREADS="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(find_free_port("127.0.0.1")))
     procs = [subprocess.Popen([sys.executable, str(script), str(devices), str(num_nodes)], env={**base, "RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
