@@ -136,6 +136,20 @@ def test_the_hint_check_catches_the_old_name_unknown_extras_and_missing_quotes()
         assert _problems("x.py:1", HINT.search(text), extras) == [], text
 
 
+def test_the_declared_torch_floor_is_the_one_ci_tests():
+    requirements = _pyproject()["project"]["dependencies"]
+    (torch_requirement,) = [r for r in requirements if re.match(r"torch\b", r)]
+    floor = re.fullmatch(r"torch>=(\d+\.\d+)", torch_requirement)
+    assert floor, f"{torch_requirement!r}: expected torch>=MAJOR.MINOR"
+    venv_script = (ROOT / "scripts" / "_xla_venv.sh").read_text()
+    tested = re.search(r"FABRIC_LITE_XLA_TORCH_VERSION:-(\d+\.\d+)\.\d+", venv_script)
+    assert tested and tested[1] == floor[1], "scripts/test-floor.sh must run on the declared lowest torch"
+    assert "bash scripts/test-floor.sh" in (ROOT / ".ci" / "run").read_text()
+    assert f"torch {floor[1]} or newer" in (ROOT / "README.md").read_text()
+    xla = _pyproject()["project"]["optional-dependencies"]["xla"]
+    assert xla == [f"torch_xla>={floor[1]}"]  # torch_xla pins its torch: a lower one could not install with us
+
+
 # ------------------------------------------------------------------------------------------------ the wheel
 def _build_wheel(out: Path) -> Path:
     """Build the wheel as a user would (PEP 517, isolated build env) from a copy of the sources."""
