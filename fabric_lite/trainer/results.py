@@ -35,6 +35,7 @@ class _Metric:
     step_value: torch.Tensor | None = None
     fresh_step: bool = False
     torchmetric: Any = None  # a torchmetrics.Metric logged as the value: its compute() is the epoch value
+    computed: float | None = None  # its compute() when its evaluation loader finished (Lightning's moment)
 
     def update(self, value: torch.Tensor, batch_size: int) -> None:
         value = value.detach().to(torch.float64)
@@ -184,8 +185,17 @@ class Results:
         # torch.distributed), so every rank computes them, in the same (sorted) order.
         for name in sorted(name for name, metric in metrics.items() if metric.on_epoch and metric.torchmetric is not None):
             metric = metrics[name]
-            _store(logged, bar, self.callback_metrics, metric, _compute(metric), suffix)
+            value = metric.computed if metric.computed is not None else _compute(metric)
+            _store(logged, bar, self.callback_metrics, metric, value, suffix)
         return logged, bar
+
+    def finish_loader(self) -> None:
+        """One of several evaluation loaders is done: compute its torchmetrics objects now, as Lightning does when
+        the loader changes (a metric object shared by the loaders then holds this loader's value and the ones before)."""
+        for name in sorted(self._metrics.get(self.stage, {})):
+            metric = self._metrics[self.stage][name]
+            if metric.torchmetric is not None and metric.on_epoch and metric.computed is None and name.endswith(self.suffix):
+                metric.computed = _compute(metric)
 
     def reset(self, stage: str | None = None) -> None:
         """Forget the stage's values; torchmetrics objects logged in it are reset (their epoch is over)."""

@@ -199,3 +199,26 @@ def test_two_processes_torchmetrics_epoch_value_is_the_full_dataset_value_and_co
     # distributed sampler (rank r gets samples r, r+2, ...), the shorter one cycled
     assert r0["combined_seen"] == [[[0, 2], [100, 102]], [[4, 6], [100, 102]]]
     assert r1["combined_seen"] == [[[1, 3], [101, 103]], [[5, 7], [101, 103]]]
+
+
+def test_one_metric_object_over_two_validation_loaders_has_lightnings_values(tmp_path):
+    class Shared(Regressor):
+        def __init__(self):
+            super().__init__()
+            self.mae = torchmetrics.MeanAbsoluteError()
+            self.errors: list[list[float]] = [[], []]
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            x, y = batch
+            out = self(x)
+            self.errors[dataloader_idx].extend((out - y).abs().flatten().tolist())
+            self.mae.update(out, y)
+            self.log("val_mae", self.mae)
+
+    model = Shared()
+    first, second = quiet_trainer(tmp_path).validate(model, [loader(6, 4), loader(5, 2, seed=1)], verbose=False)
+    # Lightning computes a metric when its loader is done, without a reset in between: the object shared by both
+    # loaders gives loader 0's value, then the value over both (lightning.pytorch 2.6.6 does the same)
+    assert first["val_mae/dataloader_idx_0"] == pytest.approx(sum(model.errors[0]) / 6, rel=1e-6)
+    assert second["val_mae/dataloader_idx_1"] == pytest.approx(sum(model.errors[0] + model.errors[1]) / 11, rel=1e-6)
+    assert model.mae._update_count == 0  # reset at the end

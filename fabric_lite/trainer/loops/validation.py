@@ -67,6 +67,8 @@ def evaluation_loop(trainer: Trainer, stage: str, loaders: list[Any], limits: li
                 out = call_step(trainer, f"{prefix}_step", batch, batch_idx, *extra)
                 call_hook(trainer, f"on_{prefix}_batch_end", out, batch, batch_idx, *extra)
         results.batch = None
+        if several:
+            results.finish_loader()
     results.suffix = ""
     call_hook(trainer, f"on_{prefix}_epoch_end")
     logged, bar = results.epoch_values(stage=stage)
