@@ -8,7 +8,6 @@ hooks where switched on.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -166,7 +165,7 @@ def default_callbacks(config: TrainerConfig, callbacks: Any, extra: list[Callbac
     from fabric_lite.trainer.callbacks.checkpoint import ModelCheckpoint
     from fabric_lite.trainer.callbacks.early_stopping import EarlyStopping
     from fabric_lite.trainer.callbacks.model_summary import ModelSummary, RichModelSummary
-    from fabric_lite.trainer.callbacks.progress import ProgressBar, TQDMProgressBar
+    from fabric_lite.trainer.callbacks.progress import ProgressBar, TQDMProgressBar, tqdm_available
     from fabric_lite.trainer.callbacks.rich_progress import RichProgressBar
     from fabric_lite.trainer.profilers.trainer_hooks import ProfilerHooks
 
@@ -200,7 +199,7 @@ def default_callbacks(config: TrainerConfig, callbacks: Any, extra: list[Callbac
             f"off and passes one. Fix: drop enable_progress_bar=False, or the {type(bars[0]).__name__} callback."
         )
     if config.enable_progress_bar and not bars:
-        found.append(TQDMProgressBar() if importlib.util.find_spec("tqdm") is not None else ProgressBar())
+        found.append(TQDMProgressBar() if tqdm_available() else ProgressBar())
     if config.enable_model_summary and not any(isinstance(c, ModelSummary) for c in found):
         rich_bar = any(isinstance(c, RichProgressBar) for c in found)
         found.append(RichModelSummary() if rich_bar else ModelSummary())

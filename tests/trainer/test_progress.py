@@ -162,3 +162,13 @@ def test_only_rank_zero_draws_logs_and_reports_each_rank_profiles(tmp_path):
     assert "Epoch 1: 100%" in result.stdout
     for rank in (0, 1):  # every rank profiles its own run, rank-suffixed as in Lightning
         assert "training_step" in (tmp_path / f"fit-perf-{rank}.txt").read_text()
+
+
+def test_without_tqdm_the_default_is_the_plain_bar(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if tqdm were not installed: `import tqdm` raises ImportError
+    with pytest.raises(ModuleNotFoundError, match=r"TQDMProgressBar needs the tqdm package.*Fix: pip install tqdm"):
+        TQDMProgressBar()
+    trainer = bar_trainer(tmp_path, logger=False, max_epochs=1)
+    assert [type(c) for c in trainer.callbacks if isinstance(c, ProgressBar)] == [ProgressBar]
+    trainer.fit(Regressor(), loader(8, 4))
+    assert capsys.readouterr().out.startswith("Epoch 0: 2 batches, step 2  train_loss_step")

@@ -8,7 +8,6 @@ while validating, and "Testing" / "Predicting" bars; bars write to stdout and on
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,15 @@ from fabric_lite.trainer.callbacks.base import Callback
 if TYPE_CHECKING:
     from fabric_lite.trainer.module import LightningModule
     from fabric_lite.trainer.trainer import Trainer
+
+
+def tqdm_available() -> bool:
+    """Whether tqdm can be imported (it is optional: without it the default bar is the plain ProgressBar)."""
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _total(value: Any) -> int | None:
@@ -162,7 +170,7 @@ class TQDMProgressBar(ProgressBar):
     """
 
     def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
-        if importlib.util.find_spec("tqdm") is None:
+        if not tqdm_available():
             raise ModuleNotFoundError(
                 "TQDMProgressBar needs the tqdm package, which is not installed. Fix: pip install tqdm, or use "
                 "ProgressBar() (plain lines) or Trainer(enable_progress_bar=False)."
