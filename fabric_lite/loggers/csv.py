@@ -13,7 +13,7 @@ import os
 from argparse import Namespace
 from typing import IO, Any, Callable, Mapping
 
-import torch
+import torch  # noqa: F401  (the docstring examples use it)
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.loggers.base import (
@@ -133,6 +133,9 @@ class _MetricsWriter:
     def save(self) -> None:
         if not self.metrics:
             return
+        if self._keys_on_disk is not None and not os.path.isfile(self.metrics_file_path):
+            rank_zero_warn(f"{self.metrics_file_path} was removed while logging; it starts again with the rows not yet written.")
+            self._keys_on_disk = None
         if self._keys_on_disk is None:  # first flush: a fresh file (replacing any old one) with the header
             text = self._format(self.metrics, header=True)
             _atomic_write(self.metrics_file_path, lambda out: out.write(text))
