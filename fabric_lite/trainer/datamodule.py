@@ -7,7 +7,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer.hooks import DataHooks
-from fabric_lite.trainer.hparams import HyperparametersMixin
+from fabric_lite.trainer.hparams import HyperparametersMixin, restricted_classmethod
 
 if TYPE_CHECKING:
     from fabric_lite.trainer.trainer import Trainer
@@ -70,7 +70,7 @@ class LightningDataModule(HyperparametersMixin, DataHooks):
     def on_exception(self, exception: BaseException) -> None:
         """Called when fit / validate / test / predict ends with an exception (Ctrl-C included)."""
 
-    @classmethod
+    @restricted_classmethod
     def load_from_checkpoint(
         cls,
         checkpoint_path: str | os.PathLike[str] | IO[bytes],

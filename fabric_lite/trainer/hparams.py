@@ -35,6 +35,21 @@ class AttributeDict(dict):
         self[key] = value
 
 
+class restricted_classmethod(classmethod):
+    """A classmethod that refuses a call on an instance (``model.load_from_checkpoint(path)`` returns a new object and
+    leaves ``model`` as it was, a common slip; Lightning 2.x refuses it too)."""
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is not None:
+            name = self.__func__.__name__
+            raise TypeError(
+                f"{type(instance).__name__}.{name} was called on an instance, but it builds and returns a new object and "
+                f"leaves this one unchanged. Fix: call it on the class and use the result: "
+                f"model = {type(instance).__name__}.{name}(path)."
+            )
+        return super().__get__(instance, owner)
+
+
 class HyperparametersMixin:
     """``save_hyperparameters()``, ``hparams`` and ``hparams_initial`` (works without ``super().__init__()`` too)."""
 

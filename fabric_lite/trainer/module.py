@@ -17,7 +17,7 @@ from torch import nn
 
 from fabric_lite.errors import CheckpointError, ConfigurationError, UsageError
 from fabric_lite.trainer.hooks import ModelHooks
-from fabric_lite.trainer.hparams import AttributeDict, HyperparametersMixin
+from fabric_lite.trainer.hparams import AttributeDict, HyperparametersMixin, restricted_classmethod
 from fabric_lite.trainer.loops import hooks as loop_hooks
 from fabric_lite.trainer.loops.optimization import inner_optimizer, lightning_optimizers
 from fabric_lite.utilities.apply_func import move_data_to_device
@@ -62,6 +62,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
         #: whether fit logs ``hparams`` to the loggers (``save_hyperparameters(logger=False)`` turns it off)
         self.log_hyperparams_at_fit = True
         self.example_input_array: Any = None
+        #: the default ``strict`` of ``load_from_checkpoint`` (Lightning's name)
+        self.strict_loading = True
 
     # ------------------------------------------------------------------------------ the trainer and its state
     @property
@@ -134,7 +136,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
     # ------------------------------------------------------------------------------ hyperparameters, checkpoints
     # save_hyperparameters, hparams, hparams_initial: HyperparametersMixin (shared with LightningDataModule)
 
-    @classmethod
+    @restricted_classmethod
     def load_from_checkpoint(
         cls,
         checkpoint_path: str | os.PathLike[str] | IO[bytes],
@@ -148,9 +150,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
 
         The checkpoint's ``hyper_parameters`` (what ``self.save_hyperparameters()`` stored) are the ``__init__``
         arguments, ``hparams_file`` (a logger's hparams.yaml) replaces them and ``kwargs`` override both.
-        ``on_load_checkpoint(checkpoint)`` runs before the weights load (``strict`` as ``load_state_dict``;
-        default True). Tensors load to ``map_location`` (CPU by default) and the module is moved there. Call it
-        on the class: ``model = LitModel.load_from_checkpoint(path)``.
+        ``on_load_checkpoint(checkpoint)`` runs before the weights load (``strict`` as in ``load_state_dict``;
+        default ``self.strict_loading``, True). Tensors load to ``map_location`` (CPU by default) and the module
+        is moved there. Call it on the class: ``model = LitModel.load_from_checkpoint(path)``.
         """
         model, checkpoint = cls._from_checkpoint("the module", checkpoint_path, map_location, hparams_file, weights_only, kwargs)
         weights = checkpoint.get("model", checkpoint.get("state_dict"))
@@ -161,7 +163,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
                 f"or ModelCheckpoint."
             )
         model.on_load_checkpoint(checkpoint)
-        model.load_state_dict(weights, strict=True if strict is None else strict)
+        model.load_state_dict(weights, strict=model.strict_loading if strict is None else strict)
         device = next((t.device for t in weights.values() if isinstance(t, torch.Tensor)), None)
         return model.to(device) if device is not None else model
 

@@ -505,3 +505,26 @@ def test_other_exceptions_are_raised_again_after_the_hooks_and_interrupted_is_re
     assert trainer.interrupted and model.hooked == ["boom"]
     trainer.validate(NoBatchIdx(), _loader(4), verbose=False)
     assert not trainer.interrupted  # each call starts uninterrupted
+
+
+def test_load_from_checkpoint_on_an_instance_is_refused_and_strict_loading_is_the_default(tmp_path):
+    model = Lit()
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(model, _loader())
+    trainer.save_checkpoint(tmp_path / "lit.ckpt")
+    with pytest.raises(TypeError, match=r"Lit.load_from_checkpoint was called on an instance.*Fix: call it on the class and "
+                                        r"use the result: model = Lit.load_from_checkpoint\(path\)"):
+        model.load_from_checkpoint(tmp_path / "lit.ckpt")
+    with pytest.raises(TypeError, match=r"RandomData.load_from_checkpoint was called on an instance"):
+        RandomData().load_from_checkpoint(tmp_path / "lit.ckpt")
+
+    class Extended(Lit):  # one more layer than the checkpoint has
+        def __init__(self, hidden: int = 4, lr: float = 0.05, backbone: nn.Module | None = None) -> None:
+            super().__init__(hidden, lr, backbone)
+            self.head = nn.Linear(1, 1)
+            self.strict_loading = False
+
+    loaded = Extended.load_from_checkpoint(tmp_path / "lit.ckpt")  # strict_loading=False: the new layer stays as built
+    assert torch.equal(loaded.layer[0].weight, model.layer[0].weight)
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"head.weight\""):
+        Extended.load_from_checkpoint(tmp_path / "lit.ckpt", strict=True)
