@@ -72,6 +72,9 @@ class Logger(ABC):
     def log_graph(self, model: nn.Module, input_array: torch.Tensor | None = None) -> None:
         """Record the model's computation graph; loggers that cannot do so ignore the call."""
 
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Called by a checkpoint callback after it saved a file; loggers that upload checkpoints override it."""
+
     def save(self) -> None:
         """Write whatever is buffered to disk."""
 

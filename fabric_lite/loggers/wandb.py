@@ -164,6 +164,44 @@ class WandbLogger(Logger):
             metrics[STEP_METRIC] = step
         self.experiment.log(metrics)
 
+    @rank_zero_only
+    def log_table(
+        self, key: str, columns: list[str] | None = None, data: list[list[Any]] | None = None, dataframe: Any = None,
+        step: int | None = None,
+    ) -> None:
+        """Log a ``wandb.Table`` made of ``columns`` and ``data`` (rows) or of a pandas ``dataframe``."""
+        import wandb
+
+        self.log_metrics({key: wandb.Table(columns=columns, data=data, dataframe=dataframe)}, step)
+
+    @rank_zero_only
+    def log_text(
+        self, key: str, columns: list[str] | None = None, data: list[list[str]] | None = None, dataframe: Any = None,
+        step: int | None = None,
+    ) -> None:
+        """Log text as a table (same arguments as :meth:`log_table`)."""
+        self.log_table(key, columns, data, dataframe, step)
+
+    @rank_zero_only
+    def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: list[Any]) -> None:
+        """Log ``images`` (tensors, arrays, PIL images or paths) under ``key``; each keyword is a list with one
+        value per image, passed to ``wandb.Image`` (e.g. ``caption=["cat", "dog"]``)."""
+        import wandb
+
+        if not isinstance(images, list):
+            raise ConfigurationError(
+                f"WandbLogger.log_image(key={key!r}, images={type(images).__name__}) needs a list of images. "
+                "Fix: pass images=[image] for one image."
+            )
+        for name, values in kwargs.items():
+            if not isinstance(values, list) or len(values) != len(images):
+                raise ConfigurationError(
+                    f"WandbLogger.log_image({name}=...) needs a list with one value per image ({len(images)}). "
+                    f"Fix: pass e.g. {name}={[f'{name} {i}' for i in range(len(images))]!r}."
+                )
+        per_image = [{name: values[i] for name, values in kwargs.items()} for i in range(len(images))]
+        self.log_metrics({key: [wandb.Image(image, **extra) for image, extra in zip(images, per_image)]}, step)
+
     def watch(self, model: nn.Module, log: str | None = "gradients", log_freq: int = 100, log_graph: bool = True) -> None:
         """Record gradients / parameters of ``model`` (``wandb.watch``)."""
         self.experiment.watch(model, log=log, log_freq=log_freq, log_graph=log_graph)

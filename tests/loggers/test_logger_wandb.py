@@ -98,6 +98,10 @@ def test_offline_run_round_trip(tmp_path: Path) -> None:
     logger.log_metrics({"loss": torch.tensor(0.5), "acc": 1}, step=3)
     logger.log_metrics({"loss": 0.25}, step=7)
     logger.log_metrics({"loss": 0.125})  # no step: wandb's own counter only
+    logger.log_image("samples", [torch.rand(3, 4, 4), torch.rand(3, 4, 4)], step=9, caption=["a", "b"])
+    logger.log_text("notes", columns=["text"], data=[["hello"]], step=9)
+    with pytest.raises(ConfigurationError, match=r"log_image\(caption=...\) needs a list with one value per image \(2\)"):
+        logger.log_image("samples", [torch.rand(3, 4, 4)] * 2, caption=["only one"])
     run_id = logger.experiment.id
     assert logger.version == run_id
     logger.finalize("success")
@@ -111,7 +115,16 @@ def test_offline_run_round_trip(tmp_path: Path) -> None:
         {"train-loss": 0.5, "train-acc": 1, "trainer/global_step": 3},
         {"train-loss": 0.25, "trainer/global_step": 7},
         {"train-loss": 0.125, "trainer/global_step": 7},  # step_sync=True: wandb repeats the last step
+        *written["rows"][3:],
     ]
+    images, text = written["rows"][3:]
+    assert (images["trainer/global_step"], text["trainer/global_step"]) == (9, 9)
+    assert (images["train-samples/_type"], images["train-samples/count"]) == ("images/separated", 2)
+    assert images["train-samples/captions"] == ["a", "b"]
+    assert (text["train-notes/_type"], text["train-notes/nrows"]) == ("table-file", 1)
+    (files,) = (tmp_path / "wandb").glob("offline-run-*/files")
+    assert json.loads((files / text["train-notes/path"]).read_text())["data"] == [["hello"]]
+    assert all((files / name).is_file() for name in images["train-samples/filenames"])
 
 
 class TinyModule(LightningModule):
