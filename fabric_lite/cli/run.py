@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fabric_lite.cli.torchrun import SHARED, parse_tail, threads_per_rank
+from fabric_lite.cli.torchrun import knows_option, parse_tail, threads_per_rank
 from fabric_lite.errors import ConfigurationError, FabricLiteError, choices_error
 from fabric_lite.plan import HANDOVER, resolve
 from fabric_lite.plan.reliability import TIMEOUT_VARIABLE
@@ -360,13 +360,12 @@ def torchrun_argv(args: argparse.Namespace, nproc_per_node: int, port: int | Non
         argv += [f"--rdzv-backend={args.rdzv_backend}", f"--rdzv-endpoint={args.rdzv_endpoint}"]
         if args.rdzv_id is not None:
             argv.append(f"--rdzv-id={args.rdzv_id}")
-    argv += [
-        f"--max-restarts={args.max_restarts}",
+    argv.append(f"--max-restarts={args.max_restarts}")
+    if knows_option("--signals-to-handle"):  # torch >= 2.10; before, torchrun forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT
         # torchrun passes these on to the workers and waits for them (the Preemption plugin saves, then exits).
         # SIGUSR1, SLURM's usual early warning, is not among torch's defaults: it would kill torchrun and leave
         # the workers (in sessions of their own) behind.
-        "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
-    ]
+        argv.append("--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
     for name in ("local_ranks_filter", "tee", "redirects", "log_dir"):
         if getattr(args, name) is not None:
             argv.append(f"--{name.replace('_', '-')}={getattr(args, name)}")

@@ -70,6 +70,14 @@ def parse_tail(tail: Sequence[str], prog: str) -> TorchrunTail:
     return tail_info
 
 
+def knows_option(option: str) -> bool:
+    """Whether the installed torch.distributed.run takes ``option`` (``--signals-to-handle`` came in torch 2.10)."""
+    from torch.distributed.run import get_args_parser
+
+    _, unknown = get_args_parser().parse_known_args([f"{option}=x", "script.py"])
+    return not unknown
+
+
 def cpus_available() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
