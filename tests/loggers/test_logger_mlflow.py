@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -49,6 +50,8 @@ def test_metrics_params_tags_and_status_round_trip(tmp_path: Path) -> None:
     logger.log_hyperparams(Namespace(batch_size=32))
     logger.log_metrics({"loss": torch.tensor(0.5), "acc": 1}, step=3)
     logger.log_metrics({"loss": 0.25, "nested": {"top1": 0.75}}, step=7)
+    copy = pickle.loads(pickle.dumps(logger))  # as a spawned process receives it: the run id, not the client
+    assert copy._client is None and (copy._run_id, copy._experiment_id) == (logger.run_id, logger.experiment_id)
     logger.finalize("success")
 
     client = client_for(uri)

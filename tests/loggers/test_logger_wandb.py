@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import struct
 import subprocess
 import sys
@@ -104,6 +105,8 @@ def test_offline_run_round_trip(tmp_path: Path) -> None:
         logger.log_image("samples", [torch.rand(3, 4, 4)] * 2, caption=["only one"])
     run_id = logger.experiment.id
     assert logger.version == run_id
+    copy = pickle.loads(pickle.dumps(logger))  # as a spawned process receives it: the run id, not the run
+    assert copy._experiment is None and copy.version == run_id
     logger.finalize("success")
     assert logger.experiment is wandb.run, "finalize leaves the run open (as Lightning): test() after fit logs into it"
     finish()
