@@ -183,3 +183,12 @@ def test_swa_stopped_before_its_last_epoch_keeps_the_trained_weights_and_bad_sta
     torch.testing.assert_close(torch.cat([p.detach().flatten() for p in model.parameters()]), weights.after_epoch[-1])
     with pytest.raises(ConfigurationError, match=r"swa_epoch_start=0\) is neither an epoch >= 1 .*swa_epoch_start=1 to start at the first"):
         StochasticWeightAveraging(swa_lrs=0.1, swa_epoch_start=0)
+
+
+def test_checkpoint_monitoring_a_validation_metric_waits_for_the_first_validation(tmp_path):
+    # every_n_train_steps=1 checks before the first validation logged val_loss: Lightning warns and saves no top-k
+    # file then (it raises only once a validation has run); from the first validation on it ranks by val_loss
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val_loss", every_n_train_steps=1, save_top_k=-1)
+    with pytest.warns(UserWarning, match=r"monitor='val_loss'\) could not find 'val_loss'.*no validation has run yet"):
+        quiet_trainer(tmp_path, max_epochs=2, callbacks=[checkpoint]).fit(Regressor(), loader(8, 4), loader(4, 4))
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["epoch=1-step=3.ckpt", "epoch=1-step=4.ckpt"]

@@ -17,6 +17,7 @@ import torch
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer.callbacks.base import Callback
+from fabric_lite.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
     from fabric_lite.trainer.module import LightningModule
@@ -149,17 +150,26 @@ class ModelCheckpoint(Callback):
             return
         self._last_global_step_saved = trainer.global_step
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        validated = trainer.state.val_has_run
         if trainer.world_size > 1:
-            metrics = trainer.fabric.broadcast(metrics, src=0)  # rank 0 decides for everyone
+            metrics, validated = trainer.fabric.broadcast((metrics, validated), src=0)  # rank 0 decides for everyone
         metrics.update(epoch=trainer.current_epoch, step=trainer.global_step)
         if self.monitor is not None and self.save_top_k != 0:
-            if self.monitor not in metrics:
+            if self.monitor not in metrics and not validated:
+                # As in Lightning: before any validation ran (a metric it will log), warn and keep no top-k file yet.
+                rank_zero_warn(
+                    f"ModelCheckpoint(monitor={self.monitor!r}) could not find {self.monitor!r} among the logged metrics "
+                    f"({', '.join(sorted(k for k in metrics if k not in ('epoch', 'step'))) or 'none'}) and no validation "
+                    f"has run yet: no top-k checkpoint this time. Fix: self.log({self.monitor!r}, value) in your module."
+                )
+            elif self.monitor not in metrics:
                 raise ConfigurationError(
                     f"ModelCheckpoint(monitor={self.monitor!r}) could not find {self.monitor!r} among the logged metrics "
                     f"({', '.join(sorted(k for k in metrics if k not in ('epoch', 'step')))}). "
                     f"Fix: self.log({self.monitor!r}, value) in your module, or monitor one of those."
                 )
-            self._save_top_k(trainer, metrics)
+            else:
+                self._save_top_k(trainer, metrics)
         elif self.monitor is None and self.save_top_k != 0:
             path = self._unique(self.format_checkpoint_name(metrics))
             previous = self.best_model_path

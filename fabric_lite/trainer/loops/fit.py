@@ -34,6 +34,7 @@ def run_fit(trainer: Trainer, model: LightningModule, train_dataloaders: Any, va
     was_in_fit, state.in_fit = state.in_fit, True
     state.should_stop = False
     state.preempted = False
+    state.val_has_run = False
     setup.merge_model_callbacks(trainer, model)
     setup.prepare_and_setup(trainer, "fit")
     setup.setup_model(trainer, model, with_optimizers=True)

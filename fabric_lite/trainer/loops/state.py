@@ -59,6 +59,7 @@ class LoopState:
     resume: dict[str, Any] | None = None  # what restore() found, consumed by the fit loop
     epoch_rng: dict[str, Any] | None = None  # the RNG at the epoch's start (replayed by a mid-epoch resume)
     in_fit: bool = False
+    val_has_run: bool = False  # a validation batch (not the sanity check's) ran in this fit (ModelCheckpoint reads it)
     tuning: bool = False  # the tuner's trial fits run
     preemption: Any = None  # the Preemption plugin during a fit (not during tuner trials)
     needs_zero_grad: bool = False

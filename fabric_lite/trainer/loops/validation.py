@@ -66,6 +66,8 @@ def evaluation_loop(trainer: Trainer, stage: str, loaders: list[Any], limits: li
                 call_hook(trainer, f"on_{prefix}_batch_start", batch, batch_idx, *extra)
                 out = call_step(trainer, f"{prefix}_step", batch, batch_idx, *extra)
                 call_hook(trainer, f"on_{prefix}_batch_end", out, batch, batch_idx, *extra)
+                if stage == "validate" and not state.sanity_checking:
+                    state.val_has_run = True
         results.batch = None
         if several:
             results.finish_loader()
