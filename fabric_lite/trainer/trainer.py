@@ -111,6 +111,12 @@ class Trainer:
         return self._interrupted
 
     @property
+    def is_last_batch(self) -> bool:
+        """Whether the training batch being run is the epoch's last (Lightning's manual-optimization docs step
+        schedulers with ``if self.trainer.is_last_batch: sch.step()``)."""
+        return self.state.num_training_batches != 0 and self.state.batch_idx + 1 >= self.state.num_training_batches
+
+    @property
     def preemption_ckpt_path(self) -> str:
         """Where a fit stopped by ``plugins=[Preemption()]`` saves: ``<default_root_dir>/checkpoints/preempted.ckpt``."""
         return preempt.checkpoint_path(self.default_root_dir)

@@ -225,6 +225,7 @@ class ManualBoring(LightningModule):
         torch.manual_seed(0)
         self.layer = nn.Linear(3, 1)
         self.seen: list[Any] = []
+        self.last: list[bool] = []
 
     def training_step(self, batch, batch_idx):
         opt = self.optimizers()
@@ -242,6 +243,7 @@ class ManualBoring(LightningModule):
         opt.step(closure=closure)
         sch.step()
         self.seen.append(opt.param_groups[0]["lr"])
+        self.last.append(self.trainer.is_last_batch)
 
     def configure_optimizers(self):
         opt = torch.optim.SGD(self.parameters(), lr=0.1)
@@ -263,6 +265,7 @@ def test_manual_optimization_with_a_closure_clipping_and_a_scheduler_stepped_by_
     assert all(g <= 0.01 + 1e-7 for g in grads)  # clipped by value inside the closure
     assert lrs == pytest.approx([0.05, 0.025, 0.0125])  # the user's sch.step() only: nothing stepped it again
     assert trainer.global_step == 3 and before_step == [0, 1, 2]  # the hook runs after the closure, before the step
+    assert model.last == [False, False, True]  # trainer.is_last_batch
 
 
 def test_optimizers_returns_a_list_of_optimizer_instances_with_several(tmp_path):
