@@ -192,3 +192,15 @@ def test_options_that_cannot_work_are_refused_naming_them(argv, message):
     assert code == 2
     assert message in err, err
     assert "Traceback" not in err and out == ""
+
+
+def test_options_of_newer_torch_are_passed_only_where_torchrun_has_them():
+    import torch.distributed.run as torchrun
+
+    from fabric_lite.cli.torchrun import knows_option
+
+    assert knows_option("--max-restarts") and not knows_option("--no-such-torchrun-option")
+    has_signals = "--signals-to-handle" in torchrun.get_args_parser().format_help()
+    assert knows_option("--signals-to-handle") == has_signals
+    code, out, _ = call("--devices", "1", "--dry-run", "train.py")
+    assert code == 0 and ("--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in out) == has_signals
