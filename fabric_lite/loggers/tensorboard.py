@@ -26,6 +26,7 @@ from fabric_lite.loggers.base import (
     module_importable,
     to_python_scalars,
 )
+from fabric_lite.loggers.csv import HPARAMS_FILE, save_hparams_to_yaml
 from fabric_lite.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class TensorBoardLogger(FolderLogger):
         self._kwargs = kwargs
         self._experiment: SummaryWriter | None = None
         self._num_logged = 0
+        self._hparams: dict[str, Any] = {}
 
     @property
     def log_dir(self) -> str:
@@ -162,7 +164,8 @@ class TensorBoardLogger(FolderLogger):
         params: Mapping[str, Any] | Namespace | None,
         metrics: Mapping[str, float] | float | None = None,
     ) -> None:
-        """Write ``params`` (nested dicts flattened to ``a/b`` keys) to TensorBoard's HPARAMS tab.
+        """Write ``params`` (nested dicts flattened to ``a/b`` keys) to TensorBoard's HPARAMS tab, and all
+        hyperparameters logged so far (nesting kept) to ``<log_dir>/hparams.yaml``, as Lightning's Trainer logger does.
 
         Args:
             params: the hyperparameters.
@@ -174,7 +177,10 @@ class TensorBoardLogger(FolderLogger):
         else:
             from torch.utils.tensorboard.summary import hparams  # type: ignore[no-redef]
 
-        flat = {key: _hparam_value(value) for key, value in flatten_dict(convert_params(params)).items()}
+        params = convert_params(params)
+        self._hparams.update(params)
+        save_hparams_to_yaml(os.path.join(self.log_dir, HPARAMS_FILE), self._hparams)
+        flat = {key: _hparam_value(value) for key, value in flatten_dict(params).items()}
         if metrics is None:
             metrics = {"hp_metric": -1} if self._default_hp_metric else {}
         elif not isinstance(metrics, Mapping):

@@ -15,6 +15,7 @@ from torch import nn
 
 from fabric_lite.errors import ConfigurationError, MissingPackageError
 from fabric_lite.loggers import Logger, TensorBoardLogger
+from fabric_lite.loggers.csv import load_hparams_from_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -166,6 +167,8 @@ def test_hyperparameters_in_the_run_itself(tmp_path: Path) -> None:
     assert hparams["optim/name"].string_value == "sgd"
     assert hparams["optim/nesterov"].bool_value is True
     assert hparams["layers"].string_value == "[2, 3]"
+    assert load_hparams_from_yaml(os.path.join(logger.log_dir, "hparams.yaml")) == {
+        "lr": 0.5, "optim": {"name": "sgd", "nesterov": True}, "layers": [2, 3]}
 
 
 def test_hyperparameters_with_metrics_and_without_default(tmp_path: Path) -> None:
