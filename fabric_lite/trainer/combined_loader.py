@@ -159,7 +159,10 @@ class CombinedLoader(Iterable):
         """The number of batches one pass yields (per the mode, with the limits); TypeError if it is unknown."""
         total = self.length()
         if total == float("inf"):
-            raise TypeError("CombinedLoader has no length: one of its iterables has none.")
+            raise TypeError(
+                "len(CombinedLoader) is unknown: one of its iterables has no length. "
+                "Fix: use combined.length(), which answers inf there, or give every iterable a __len__."
+            )
         return int(total)
 
     def length(self) -> int | float:

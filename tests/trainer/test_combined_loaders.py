@@ -65,6 +65,10 @@ def test_combined_loader_modes_lengths_and_errors():
     limited = CombinedLoader(iterables, "sequential")
     limited.limits = 1
     assert len(limited) == 2 and [d for _, _, d in limited] == [0, 1]
+    unsized = CombinedLoader([iter(range(3)), DataLoader(range(4), batch_size=2)], "max_size")
+    assert unsized.length() == float("inf") and [b[0] for b, _, _ in unsized] == [0, 1, 2]
+    with pytest.raises(TypeError, match=r"len\(CombinedLoader\) is unknown.*Fix: use combined.length\(\)"):
+        len(unsized)
     with pytest.raises(ConfigurationError, match=r"mode='zip'\) is not a known mode. Choose one of: min_size, max_size_cycle, max_size, sequential"):
         CombinedLoader(iterables, "zip")
     with pytest.raises(ConfigurationError, match=r"limits got 3 values for 2 iterables"):
