@@ -8,6 +8,7 @@ value), so any option of the installed torch works there. Those that fabric-run 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,8 +75,7 @@ def knows_option(option: str) -> bool:
     """Whether the installed torch.distributed.run takes ``option`` (``--signals-to-handle`` came in torch 2.10)."""
     from torch.distributed.run import get_args_parser
 
-    _, unknown = get_args_parser().parse_known_args([f"{option}=x", "script.py"])
-    return not unknown
+    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", get_args_parser().format_usage()) is not None
 
 
 def cpus_available() -> int:
