@@ -16,16 +16,31 @@ from typing import Any, TypeVar
 
 from fabric_lite.checkpoint.disk import looks_like_a_failed_write, probe_folder, write_error
 from fabric_lite.checkpoint.integrity import file_checksum, folder_problems, format_checksums, parse_checksums
+from fabric_lite.checkpoint.remote import RemotePath, fsync_local, location
 from fabric_lite.errors import CheckpointError, FabricLiteError
 
 MARKER = "COMPLETE"
 META_FILE = "meta.pt"
 TITLE = "fabric_lite sharded checkpoint: complete"
 KEPT = "The checkpoint at that path (if any) is unchanged and the unfinished folder was removed."
+#: On a store without an atomic folder rename the folder is written in place (see :func:`save_folder`).
+KEPT_IN_PLACE = ("The unfinished folder was removed; this store has no atomic rename, so a save writes in place "
+                 "and a checkpoint that was at that path is gone if the save had begun writing.")
 _T = TypeVar("_T")
+#: A local folder, or one in an fsspec store (``remote.RemotePath`` offers the ``Path`` methods used here).
+Folder = Path | RemotePath
 
 
-def _temporary_sibling(path: Path, suffix: str) -> Path:
+def _in_place(path: Folder) -> bool:
+    """Whether a sharded save to ``path`` is written in place: a store without an atomic rename (S3, GCS)."""
+    return isinstance(path, RemotePath) and not path.renames_atomically
+
+
+def _kept(path: Folder) -> str:
+    return KEPT_IN_PLACE if _in_place(path) else KEPT
+
+
+def _temporary_sibling(path: Folder, suffix: str) -> Folder:
     # Deterministic, so that every rank names the same folder without a broadcast.
     return path.parent / f".{path.name}.{suffix}"
 
@@ -67,10 +82,13 @@ def _gather(obj: Any, world_size: int) -> list[Any]:
     return gathered
 
 
-def describe(error: BaseException, *, asked: str, path: Path) -> str:
+def describe(error: BaseException, *, asked: str, path: Folder) -> str:
     """One message for what a rank raised: fabric_lite's own, a full or read-only disk in plain words, or the error."""
     if isinstance(error, CheckpointError):
         return str(error)
+    if isinstance(path, RemotePath):
+        return (f"{asked} failed: {type(error).__name__}: {_first_sentence(error)}. {_kept(path)} Fix: resolve that "
+                f"error (check that the store is reachable and writable: credentials, bucket, quota) and save again")
     mapped = write_error(path, error, asked=asked, kept=KEPT)
     if mapped is None and looks_like_a_failed_write(error):  # its OSError may be lost: ask the disk itself
         probed = probe_folder(path.parent) if path.parent.is_dir() else None
@@ -123,16 +141,18 @@ def save_folder(
         extra: small picklable values rank 0 writes to ``meta.pt``.
         rank, world_size: of this process; rank 0 writes ``meta.pt``, the marker, and renames.
     """
-    from fabric_lite.checkpoint.io import _fsync_dir, atomic_save
+    from fabric_lite.checkpoint.io import atomic_save
 
-    path = Path(path)
+    path = location(path, asked=f"fabric.save({str(path)!r})")
     asked = f"fabric.save({str(path)!r})"
     if path.is_file():
         raise CheckpointError(
             f"{asked} writes a sharded checkpoint, which is a folder, but that path is an existing "
             f"file. Fix: choose another path, delete the file, or use FSDPStrategy(state_dict_type='full') for one file."
         )
-    staging = _temporary_sibling(path, "partial")
+    # A store without an atomic rename (an object store) gets no staging folder: the folder is written in place and
+    # its marker, written last, makes it complete; the old checkpoint at the path is removed (marker first) before.
+    staging = path if _in_place(path) else _temporary_sibling(path, "partial")
 
     def together(fn: Callable[[], _T], gather: bool = False) -> Any:
         return on_every_rank(fn, asked=asked, path=path, world_size=world_size, gather=gather)
@@ -140,6 +160,8 @@ def save_folder(
     def prepare() -> None:
         if rank == 0:
             recover(path)  # finish or clear what a save killed part-way left next to the path
+            if staging == path:
+                remove_folder(path)
             staging.mkdir(parents=True)
             atomic_save(extra, staging / META_FILE, asked=asked)
 
@@ -147,8 +169,9 @@ def save_folder(
         if rank == 0:
             checksums = {name: value for share in shares for name, value in share.items()}
             (staging / MARKER).write_text(f"{TITLE}\n{format_checksums(checksums)}")
-            _fsync_dir(staging)
-            _move_into_place(staging, path)
+            _sync_folder(staging)
+            if staging != path:
+                _move_into_place(staging, path)
 
     try:
         together(prepare)
@@ -166,29 +189,44 @@ def save_folder(
         raise
 
 
-def checksum_share(folder: Path, *, rank: int, world_size: int) -> dict[str, tuple[int, int]]:
+def checksum_share(folder: Folder, *, rank: int, world_size: int) -> dict[str, tuple[int, int]]:
     """``(size, CRC-32)`` of this rank's share of the files in ``folder`` (every ``world_size``-th, by name)."""
-    names = sorted(name for name in os.listdir(folder) if name != MARKER)
+    listed = folder.names() if isinstance(folder, RemotePath) else os.listdir(folder)
+    names = sorted(name for name in listed if name != MARKER)
     return {name: file_checksum(folder / name) for name in names[rank::world_size]}
 
 
-def _move_into_place(staging: Path, path: Path) -> None:
+def _rename(source: Folder, target: Folder) -> None:
+    if isinstance(source, RemotePath) and isinstance(target, RemotePath):
+        source.fs.mv(source.path, target.path, recursive=True)  # local: a rename; memory: dictionary entries
+    else:
+        os.replace(source, target)  # type: ignore[arg-type]
+
+
+def _sync_folder(folder: Folder) -> None:
+    from fabric_lite.checkpoint.io import _fsync_dir
+
+    if not isinstance(folder, RemotePath):
+        _fsync_dir(folder)
+    elif folder.is_local:
+        fsync_local(folder.path)
+
+
+def _move_into_place(staging: Folder, path: Folder) -> None:
     # os.replace cannot swap a folder onto a non-empty one: move the old checkpoint aside first,
     # so that at every moment one complete checkpoint exists under a known name.
     # Killed between the two renames, both siblings hold a marker: latest_checkpoint finds them and the
     # next save to this path finishes the move (recover).
-    from fabric_lite.checkpoint.io import _fsync_dir
-
     previous = _temporary_sibling(path, "previous")
     if path.exists():
         remove_folder(previous)
-        os.replace(path, previous)
-    os.replace(staging, path)
-    _fsync_dir(path.parent)
+        _rename(path, previous)
+    _rename(staging, path)
+    _sync_folder(path.parent)
     remove_folder(previous)
 
 
-def remove_folder(folder: Path) -> None:
+def remove_folder(folder: Folder) -> None:
     """Delete a checkpoint folder, its marker first, so that a deletion cut short never looks complete."""
     try:
         (folder / MARKER).unlink()
@@ -196,24 +234,31 @@ def remove_folder(folder: Path) -> None:
         pass
     except NotADirectoryError:
         return
+    if isinstance(folder, RemotePath):
+        try:
+            if folder.exists():
+                folder.fs.rm(folder.path, recursive=True)
+        except (OSError, ValueError):  # as rmtree(ignore_errors=True): what cannot be removed stays
+            pass
+        return
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def recover(path: Path) -> None:
+def recover(path: Folder) -> None:
     """Finish the rename of a save killed after its marker, or clear a staging folder it left unfinished."""
     staging, previous = _temporary_sibling(path, "partial"), _temporary_sibling(path, "previous")
     if (staging / MARKER).is_file():
         _move_into_place(staging, path)  # complete, only its rename was cut short
     elif not path.exists() and (previous / MARKER).is_file():
-        os.replace(previous, path)
+        _rename(previous, path)
     remove_folder(staging)
     remove_folder(previous)
 
 
 # ----------------------------------------------------------------------------- loading
-def require_complete(path: str | Path, *, asked: str) -> Path:
+def require_complete(path: str | Path | RemotePath, *, asked: str) -> Folder:
     """Return ``path`` if it is a complete sharded checkpoint folder, else raise a CheckpointError saying why."""
-    path = Path(path)
+    path = path if isinstance(path, RemotePath) else location(path, asked=asked)
     if not path.is_dir():
         why = "it is a file (a single-file checkpoint needs no consolidation)" if path.is_file() else "it does not exist"
         raise CheckpointError(f"{asked} needs a sharded checkpoint folder, but {why}. Fix: check the path.")
@@ -230,7 +275,7 @@ def require_complete(path: str | Path, *, asked: str) -> Path:
     )
 
 
-def marker_checksums(folder: Path) -> dict[str, tuple[int, int]] | None:
+def marker_checksums(folder: Folder) -> dict[str, tuple[int, int]] | None:
     """The checksums the folder's marker lists, or ``None`` for a marker without them (older fabric_lite, DeepSpeed)."""
     try:
         return parse_checksums((folder / MARKER).read_text(errors="replace"))
@@ -238,7 +283,7 @@ def marker_checksums(folder: Path) -> dict[str, tuple[int, int]] | None:
         return None
 
 
-def verification_problems(folder: Path, *, rank: int = 0, world_size: int = 1) -> list[str]:
+def verification_problems(folder: Folder, *, rank: int = 0, world_size: int = 1) -> list[str]:
     """What differs from the marker's checksums, each rank checking every ``world_size``-th file; gathered on all ranks."""
     checksums = marker_checksums(folder)
     if checksums is None:
@@ -248,7 +293,7 @@ def verification_problems(folder: Path, *, rank: int = 0, world_size: int = 1) -
     return [problem for share in _gather(mine, world_size) for problem in share]
 
 
-def verify_folder(folder: Path, *, asked: str, rank: int = 0, world_size: int = 1) -> None:
+def verify_folder(folder: Folder, *, asked: str, rank: int = 0, world_size: int = 1) -> None:
     """Raise the same CheckpointError on every rank if a file of the folder differs from the marker's checksums."""
     problems = verification_problems(folder, rank=rank, world_size=world_size)
     if problems:

@@ -23,7 +23,7 @@ from fabric_lite.checkpoint.remote import RemotePath, SealingWriter, fsync_local
 from fabric_lite.errors import CheckpointError
 
 
-def atomic_save(obj: Any, path: str | Path, *, asked: str | None = None) -> None:
+def atomic_save(obj: Any, path: str | Path | RemotePath, *, asked: str | None = None) -> None:
     """``torch.save(obj, path)`` such that ``path`` holds either the old file or the complete new one.
 
     A full disk, a read-only file system or a folder this user may not write raise a CheckpointError
@@ -36,9 +36,9 @@ def atomic_save(obj: Any, path: str | Path, *, asked: str | None = None) -> None
         >>> sorted(os.listdir(d))
         ['a.ckpt']
     """
-    if is_url(path):
-        asked = asked or f"fabric.save({path!r})"
-        _save_remote(obj, resolve(path, asked=asked), asked=asked)
+    if isinstance(path, RemotePath) or is_url(path):
+        asked = asked or f"fabric.save({str(path)!r})"
+        _save_remote(obj, path if isinstance(path, RemotePath) else resolve(path, asked=asked), asked=asked)
         return
     path = Path(path)
     asked = asked or f"fabric.save({str(path)!r})"
@@ -217,7 +217,7 @@ def safe_globals() -> list[Any]:
     return allowed
 
 
-def load_checkpoint_file(path: str | Path, *, weights_only: bool = True, map_location: Any = "cpu") -> Any:
+def load_checkpoint_file(path: str | Path | RemotePath, *, weights_only: bool = True, map_location: Any = "cpu") -> Any:
     """Load a file written by :func:`atomic_save` (or ``torch.save``), refusing arbitrary code by default.
 
     Args:
@@ -225,6 +225,8 @@ def load_checkpoint_file(path: str | Path, *, weights_only: bool = True, map_loc
         weights_only: keep ``True`` unless you trust the file: ``False`` lets pickle run any code in it.
         map_location: where tensors are loaded (CPU by default; the strategy moves them afterwards).
     """
+    if isinstance(path, RemotePath):
+        return _load_remote(path, weights_only, map_location)
     if is_url(path):
         return _load_remote(resolve(path, asked=f"fabric.load({path!r})"), weights_only, map_location)
     path = Path(path)

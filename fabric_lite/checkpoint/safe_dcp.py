@@ -22,6 +22,7 @@ from torch.distributed.checkpoint.default_planner import (
 )
 
 from fabric_lite.checkpoint.io import safe_globals
+from fabric_lite.checkpoint.remote import RemotePath
 from fabric_lite.errors import CheckpointError
 
 
@@ -61,7 +62,7 @@ class _MetadataUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in checkpoint metadata") from None
 
 
-def read_metadata(folder: str | Path) -> Any:
+def read_metadata(folder: str | Path | RemotePath) -> Any:
     """A DCP folder's ``.metadata``, unpickled with only DCP's metadata types allowed; raises CheckpointError otherwise.
 
     Called before DCP starts too: DCP would wrap the error of its reader in its own exceptions.
@@ -70,9 +71,9 @@ def read_metadata(folder: str | Path) -> Any:
 
     if not _MetadataUnpickler.allowed:
         _MetadataUnpickler.allowed = _allowed_globals()
-    path = Path(folder) / ".metadata"
+    path = (folder if isinstance(folder, RemotePath) else Path(folder)) / ".metadata"
     try:
-        with open(path, "rb") as handle:
+        with path.open("rb") as handle:
             metadata = _MetadataUnpickler(handle).load()
     except pickle.UnpicklingError as error:
         if "is not allowed in checkpoint metadata" in str(error):
@@ -85,7 +86,7 @@ def read_metadata(folder: str | Path) -> Any:
     return metadata
 
 
-def _damaged(path: Path, error: Exception) -> CheckpointError:
+def _damaged(path: Path | RemotePath, error: Exception) -> CheckpointError:
     return CheckpointError(
         f"fabric.load({str(path.parent)!r}) could not read {path.name} ({type(error).__name__}: {error}): the "
         f"folder is damaged. Fix: load another checkpoint (latest_checkpoint(folder) names the newest intact one)."
@@ -103,6 +104,39 @@ class SafeFileSystemReader(FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+def _safe_fsspec_reader(folder: RemotePath) -> Any:
+    """An ``FsspecReader`` (a sharded folder at a URL) whose ``.metadata`` may hold nothing but DCP's metadata records.
+
+    Made here because importing torch's fsspec reader imports fsspec, which a local-only user need not have.
+    """
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+    class SafeFsspecReader(FsspecReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            from torch.distributed.checkpoint.metadata import StorageMeta
+
+            metadata = read_metadata(folder)
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeFsspecReader(folder.url)
+
+
+def plain_reader(path: str | Path | RemotePath) -> Any:
+    """DCP's own reader for a local folder or one at a URL (it unpickles ``.metadata`` as it is: trusted folders only)."""
+    if isinstance(path, RemotePath):
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+        return FsspecReader(path.url)
+    return FileSystemReader(path)
+
+
+def safe_reader(path: str | Path | RemotePath) -> Any:
+    return _safe_fsspec_reader(path) if isinstance(path, RemotePath) else SafeFileSystemReader(path)
 
 
 class _SafeBytes:
@@ -141,22 +175,22 @@ def _refused(what: str, error: Exception) -> CheckpointError:
     )
 
 
-def reader_and_planner(path: str | Path, *, weights_only: bool, allow_partial_load: bool = False) -> tuple[Any, Any]:
+def reader_and_planner(path: str | Path | RemotePath, *, weights_only: bool, allow_partial_load: bool = False) -> tuple[Any, Any]:
     """The DCP storage reader and load planner for ``path``: safe ones unless ``weights_only=False``."""
     if not weights_only:
-        return FileSystemReader(path), DefaultLoadPlanner(allow_partial_load=allow_partial_load)
+        return plain_reader(path), DefaultLoadPlanner(allow_partial_load=allow_partial_load)
     read_metadata(path)  # refuse a crafted .metadata with fabric_lite's own error, before DCP runs
-    return SafeFileSystemReader(path), SafeLoadPlanner(allow_partial_load=allow_partial_load)
+    return safe_reader(path), SafeLoadPlanner(allow_partial_load=allow_partial_load)
 
 
-def load_whole(folder: str | Path, *, weights_only: bool = True) -> dict[str, Any]:
+def load_whole(folder: str | Path | RemotePath, *, weights_only: bool = True) -> dict[str, Any]:
     """Every entry of a DCP folder as one nested state dict of full tensors, in this process (no process group)."""
     # What torch's own dcp_to_torch_save does (dcp.load would copy back only keys the empty dict had).
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     if weights_only:
         read_metadata(folder)
-    reader = SafeFileSystemReader(folder) if weights_only else FileSystemReader(folder)
+    reader = safe_reader(folder) if weights_only else plain_reader(folder)
     planner = SafeEmptyStateDictLoadPlanner() if weights_only else _EmptyStateDictLoadPlanner()
     state: dict[str, Any] = {}
     _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)

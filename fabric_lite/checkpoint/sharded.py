@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 from fabric_lite.checkpoint.folder import (  # noqa: F401 - re-exported: the DeepSpeed strategy and tests use them
     MARKER,
     META_FILE,
+    Folder,
     _move_into_place,
     _temporary_sibling,
     dcp_error,
@@ -39,7 +40,7 @@ from fabric_lite.checkpoint.folder import (  # noqa: F401 - re-exported: the Dee
 )
 from fabric_lite.checkpoint.io import atomic_save, load_checkpoint_file
 from fabric_lite.checkpoint.mismatch import has_mismatch, mismatch_error
-from fabric_lite.checkpoint.remote import is_url, refuse_folder, resolve
+from fabric_lite.checkpoint.remote import RemotePath, location
 from fabric_lite.checkpoint.state import META_KEY, restore_state, to_saveable
 from fabric_lite.errors import CheckpointError, ConfigurationError
 from fabric_lite.wrappers import FabricOptimizer, unwrap
@@ -55,7 +56,7 @@ _OBJECTS = (nn.Module, Optimizer)
 SHARDED_KEY = "sharded"
 
 
-def read_meta(path: Path, *, weights_only: bool = True) -> tuple[dict[str, Any], list[str], list[str]]:
+def read_meta(path: Folder, *, weights_only: bool = True) -> tuple[dict[str, Any], list[str], list[str]]:
     """The folder's ``meta.pt`` (without the sharded bookkeeping), and its module and optimizer keys."""
     meta = load_checkpoint_file(path / META_FILE, weights_only=weights_only)
     info = dict(meta.get(META_KEY, {}))
@@ -64,7 +65,7 @@ def read_meta(path: Path, *, weights_only: bool = True) -> tuple[dict[str, Any],
     return meta, list(layout.get("modules", [])), list(layout.get("optimizers", []))
 
 
-def load_folder(path: Path, tensors: dict[str, Any], *, strict: bool, weights_only: bool = True) -> None:
+def load_folder(path: Folder, tensors: dict[str, Any], *, strict: bool, weights_only: bool = True) -> None:
     """Fill the sharded state dicts in ``tensors`` in place from the folder (resharding to this world size).
 
     With ``weights_only`` (the default) the folder's metadata and non-tensor entries are read without
@@ -82,18 +83,17 @@ def load_folder(path: Path, tensors: dict[str, Any], *, strict: bool, weights_on
         raise dcp_error(error, asked=f"fabric.load({str(path)!r})", path=path, reading=True) from None
 
 
-def check_module_keys(path: Path, templates: dict[str, Any], modules: dict[str, nn.Module], *, strict: bool,
+def check_module_keys(path: Folder, templates: dict[str, Any], modules: dict[str, nn.Module], *, strict: bool,
                       weights_only: bool) -> None:
     """Compare each module's keys and shapes with the folder's DCP metadata; raise single-file loads' mismatch error.
 
     DCP itself loads a model with fewer layers silently and fails on more layers or other shapes with a long trace.
     """
-    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    from fabric_lite.checkpoint.safe_dcp import read_metadata
+    from fabric_lite.checkpoint.safe_dcp import plain_reader, read_metadata
 
-    metadata = read_metadata(path) if weights_only else FileSystemReader(path).read_metadata()
+    metadata = read_metadata(path) if weights_only else plain_reader(path).read_metadata()
     for key, module in modules.items():
         saved = {
             fqn[len(key) + 1:]: "x".join(map(str, entry.size)) if isinstance(entry, TensorStorageMetadata) else "bytes"
@@ -123,7 +123,8 @@ def save_checkpoint(
     if not isinstance(state, Mapping):
         to_saveable(state, strategy)  # raises the standard error
     objects = {key: unwrap(obj) for key, obj in state.items() if isinstance(unwrap(obj), _OBJECTS)}
-    asked, target = f"fabric.save({str(path)!r})", Path(path)
+    asked = f"fabric.save({str(path)!r})"
+    target = location(path, asked=asked)
 
     def collect() -> dict[str, Any]:
         # Plain values, stateful objects, filter checks and fabric_lite's metadata: as every strategy does.
@@ -140,7 +141,6 @@ def save_checkpoint(
         on_every_rank(lambda: strategy.is_global_zero and atomic_save(saveable, path), asked=asked, path=target,
                       world_size=strategy.world_size)
         return
-    refuse_folder(path, asked=asked, what="sharded checkpoints (folders of DCP shards)")
     # Sharded state dicts are local: a rank that fails here (a stateful object raising) must not leave the others
     # waiting in the save's first collective.
     saveable = on_every_rank(collect, asked=asked, path=target, world_size=strategy.world_size)
@@ -151,16 +151,21 @@ def save_checkpoint(
     }
     extra[META_KEY] = {**extra[META_KEY], SHARDED_KEY: layout}
     tensors = {key: saveable[key] for key in objects}
-    save_folder(path, lambda staging: _dcp_save(tensors, staging, Path(path)), extra, rank=strategy.global_rank,
+    save_folder(path, lambda staging: _dcp_save(tensors, staging, target), extra, rank=strategy.global_rank,
                 world_size=strategy.world_size)
 
 
-def _dcp_save(tensors: dict[str, Any], staging: Path, path: Path) -> None:
+def _dcp_save(tensors: dict[str, Any], staging: Folder, path: Folder) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
     try:
-        dcp.save(tensors, checkpoint_id=staging)
+        if isinstance(staging, RemotePath):  # torch's fsspec writer; fsync only where the store is a local disk
+            from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+            dcp.save(tensors, storage_writer=FsspecWriter(staging.url, sync_files=staging.is_local))
+        else:
+            dcp.save(tensors, checkpoint_id=staging)
     except CheckpointException as error:  # raised on every rank: DCP gathers the failures
         raise dcp_error(error, asked=f"fabric.save({str(path)!r})", path=path, reading=False) from None
 
@@ -175,11 +180,9 @@ def load_checkpoint(
     owner: OwnerLookup,
 ) -> dict[str, Any]:
     """Load a sharded folder (written at any world size) or a full file into DTensor-sharded models; every rank calls it."""
-    source = path if is_url(path) else str(Path(path))
-    if is_url(source) and resolve(source, asked=f"fabric.load({source!r})").is_dir():
-        refuse_folder(source, asked=f"fabric.load({source!r})", what="sharded checkpoints (folders of DCP shards)")
-    path = source if is_url(source) else Path(path)
-    if isinstance(path, Path) and path.is_dir():
+    path = location(path, asked=f"fabric.load({str(path)!r})")
+    source = str(path)
+    if path.is_dir():
         folder = require_complete(path, asked=f"fabric.load({source!r})")
         if state is None or isinstance(unwrap(state), _OBJECTS):
             what = "no state" if state is None else f"a bare {type(unwrap(state)).__name__}"
@@ -236,7 +239,7 @@ def _state_dict_of(obj: nn.Module | Optimizer, *, full: bool, owner: OwnerLookup
     return names_to_indices(value) if full else value
 
 
-def _load_sharded(folder: Path, requested: dict[str, Any], strict: bool, owner: OwnerLookup, weights_only: bool = True) -> None:
+def _load_sharded(folder: Folder, requested: dict[str, Any], strict: bool, owner: OwnerLookup, weights_only: bool = True) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     templates = {key: _state_dict_of(unwrap(obj), full=False, owner=owner) for key, obj in requested.items()}
@@ -306,11 +309,12 @@ def indices_to_names(state_dict: Mapping[str, Any], names: list[str]) -> dict[st
 
 
 # ----------------------------------------------------------------------------- consolidation
-def consolidate(folder: str | Path, output: str | Path, *, weights_only: bool = True) -> Path:
+def consolidate(folder: str | Path, output: str | Path, *, weights_only: bool = True) -> Path | RemotePath:
     """Merge a sharded checkpoint folder into one ``torch.load``-able file (the format of a "full" checkpoint).
 
     Runs in one process without a process group; needs memory for the whole checkpoint. With
-    ``weights_only`` (the default) nothing in the folder can run code while it is read.
+    ``weights_only`` (the default) nothing in the folder can run code while it is read. Either path may
+    be an fsspec URL (then the returned location's ``str`` is the output URL).
 
     Example:
         >>> consolidate("checkpoints/step-100", "step-100.ckpt")  # doctest: +SKIP
@@ -321,7 +325,7 @@ def consolidate(folder: str | Path, output: str | Path, *, weights_only: bool = 
 
     folder = require_complete(folder, asked=f"consolidate({str(folder)!r})")
     verify_folder(folder, asked=f"consolidate({str(folder)!r})")
-    output = Path(output)
+    output = location(output, asked=f"consolidate({str(folder)!r}, {str(output)!r})")
     meta, _, optimizer_keys = read_meta(folder, weights_only=weights_only)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:

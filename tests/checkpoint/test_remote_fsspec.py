@@ -304,3 +304,103 @@ def test_latest_checkpoint_of_a_missing_url_folder_says_so(run_id):
     with pytest.raises(CheckpointError, match=rf"latest_checkpoint\('memory://{run_id}'\) needs a folder of checkpoints, "
                                               rf"but it does not exist. Fix: pass the folder"):
         latest_checkpoint(f"memory://{run_id}")
+
+
+# ------------------------------------------------------------------------ sharded (FSDP / DCP) folders at URLs
+SCRIPT = str(Path(__file__).parent / "_scripts" / "remote_sharded.py")
+
+
+def run_sharded(out, folder, devices, *extra):
+    import json
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, SCRIPT, str(out), folder, str(devices), *extra], capture_output=True,
+                            text=True, timeout=240, env=env, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [json.loads((out / f"result{rank}.json").read_text()) for rank in range(devices)]
+
+
+@pytest.fixture(scope="module")
+def two_ranks_file_url(tmp_path_factory):
+    """2 gloo ranks save to and load from a file:// URL through torch's FsspecWriter/FsspecReader.
+
+    memory:// cannot be used here: each process has its own memory store (see one_rank_memory_url).
+    """
+    out = tmp_path_factory.mktemp("remote_sharded")
+    folder = f"file://{out}/store"
+    return folder, run_sharded(out, folder, 2)
+
+
+@pytest.fixture(scope="module")
+def one_rank_memory_url(tmp_path_factory):
+    out = tmp_path_factory.mktemp("remote_sharded_memory")
+    return "memory://sharded", run_sharded(out, "memory://sharded", 1, "--object-store")
+
+
+def both(ranks, key):
+    assert all(rank[key] == ranks[0][key] for rank in ranks), [rank[key] for rank in ranks]
+    return ranks[0][key]
+
+
+@pytest.mark.parametrize("case", ["two_ranks_file_url", "one_rank_memory_url"])
+def test_sharded_round_trip_at_a_url(case, request):
+    folder, ranks = request.getfixturevalue(case)
+    assert both(ranks, "first_step") == 3
+    assert both(ranks, "first_model_equal") is True and both(ranks, "first_optimizer_equal") is True
+    shards = ["__0_0.distcp", "__1_0.distcp"] if len(ranks) == 2 else ["__0_0.distcp"]
+    assert both(ranks, "first_files") == sorted([".metadata", "COMPLETE", "meta.pt", *shards])
+    assert both(ranks, "first_siblings") == ["ckpt"]  # no staging (.ckpt.partial) or previous folder left
+    assert both(ranks, "after_second_save") == ["ckpt"]
+    assert ranks[0]["latest"] == f"{folder}/ckpt"
+
+
+@pytest.mark.parametrize("case", ["two_ranks_file_url", "one_rank_memory_url"])
+def test_a_failed_sharded_save_at_a_url_keeps_the_checkpoint_and_leaves_no_staging_folder(case, request):
+    folder, ranks = request.getfixturevalue(case)
+    last = len(ranks) - 1
+    expected = (f"CheckpointError: fabric.save('{folder}/ckpt') failed: RuntimeError: the last rank cannot give its "
+                f"state. The checkpoint at that path (if any) is unchanged and the unfinished folder was removed. Fix: "
+                f"resolve that error")
+    assert all(rank["failed_save"].startswith(expected) for rank in ranks), [rank["failed_save"] for rank in ranks]
+    if len(ranks) == 2:
+        assert ranks[0]["failed_save"].endswith(f"[failed on rank {last}]")
+    assert both(ranks, "after_failed_save") == ["ckpt"]
+    assert both(ranks, "kept_step") == 4 and both(ranks, "kept_equal") is True
+
+
+@pytest.mark.parametrize("case", ["two_ranks_file_url", "one_rank_memory_url"])
+def test_a_flipped_byte_in_a_remote_shard_gives_every_rank_the_same_checkpoint_error(case, request):
+    folder, ranks = request.getfixturevalue(case)
+    url = f"{folder}/ckpt"
+    assert both(ranks, "damaged") == (
+        f"CheckpointError: fabric.load({url!r}) refused the sharded checkpoint {url!r}: the checksum of "
+        f"{ranks[0]['flipped']} does not match its bytes. Its files were cut off or changed after the save finished. "
+        f"Fix: load another checkpoint (latest_checkpoint(folder) names the newest intact one), or save it again.")
+
+
+def test_a_sharded_save_to_an_object_store_is_written_in_place_with_its_marker_last(one_rank_memory_url):
+    _, (rank,) = one_rank_memory_url
+    assert rank["object_store_step"] == 3
+    assert rank["object_store_model_equal"] is True and rank["object_store_optimizer_equal"] is True
+    assert rank["object_store_siblings"] == ["ckpt"]
+    assert rank["object_store_second"] == [".metadata", "COMPLETE", "__0_0.distcp", "meta.pt"]
+
+
+def test_consolidate_merges_a_url_folder_into_a_url_file(one_rank_memory_url):
+    folder, (rank,) = one_rank_memory_url
+    assert rank["consolidated"] == [f"{folder}/merged.ckpt", 4]
+
+
+@pytest.mark.parametrize("call", ["save", "load"])
+def test_deepspeed_folders_at_a_url_are_refused_with_the_fix(call):
+    from fabric_lite.checkpoint import deepspeed as folders
+
+    with pytest.raises(ConfigurationError, match=rf"fabric.{call}\('memory://ds/ckpt'\) names a memory:// URL, but "
+                                                 rf"DeepSpeed checkpoints \(folders the engine (writes|reads)\) are "
+                                                 rf"written and read by code that takes local paths only. Fix: save to "
+                                                 rf"a local or mounted path"):
+        if call == "save":
+            folders.save_checkpoint(None, "memory://ds/ckpt", {})  # refused before the strategy is used
+        else:
+            folders.load_checkpoint(None, "memory://ds/ckpt", {})
