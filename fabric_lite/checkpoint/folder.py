@@ -255,6 +255,26 @@ def recover(path: Folder) -> None:
     remove_folder(previous)
 
 
+def remove_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint file or folder, local or at an fsspec URL (a folder's marker first); nothing there is fine.
+
+    For callers that keep the best k checkpoints (the Trainer's ModelCheckpoint) and may be given a URL folder.
+    """
+    target = location(path, asked=f"remove_checkpoint({str(path)!r})")
+    if target.is_dir():
+        remove_folder(target)
+    elif isinstance(target, RemotePath):
+        if target.exists():
+            target.fs.rm_file(target.path)
+    else:
+        target.unlink(missing_ok=True)
+
+
+def checkpoint_exists(path: str | Path) -> bool:
+    """Whether a file or folder is at ``path`` (local, or an fsspec URL: ``os.path.exists`` says False for any URL)."""
+    return location(path, asked=f"checkpoint_exists({str(path)!r})").exists()
+
+
 # ----------------------------------------------------------------------------- loading
 def require_complete(path: str | Path | RemotePath, *, asked: str) -> Folder:
     """Return ``path`` if it is a complete sharded checkpoint folder, else raise a CheckpointError saying why."""

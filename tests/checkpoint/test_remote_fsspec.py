@@ -404,3 +404,26 @@ def test_deepspeed_folders_at_a_url_are_refused_with_the_fix(call):
             folders.save_checkpoint(None, "memory://ds/ckpt", {})  # refused before the strategy is used
         else:
             folders.load_checkpoint(None, "memory://ds/ckpt", {})
+
+
+@pytest.mark.parametrize("protocol", ["memory", "file"])
+def test_checkpoint_exists_and_remove_checkpoint_work_on_urls_and_local_paths(protocol, run_id, tmp_path):
+    from fabric_lite.checkpoint.folder import MARKER, checkpoint_exists, remove_checkpoint
+
+    folder = f"file://{tmp_path}/{run_id}" if protocol == "file" else f"memory://{run_id}"
+    fs, root = fsspec.core.url_to_fs(folder)
+    atomic_save({"step": 1}, f"{folder}/a.ckpt")
+    fs.makedirs(f"{root}/sharded", exist_ok=True)
+    fs.pipe_file(f"{root}/sharded/{MARKER}", b"marker")
+    fs.pipe_file(f"{root}/sharded/__0_0.distcp", b"shard")
+    assert checkpoint_exists(f"{folder}/a.ckpt") and checkpoint_exists(f"{folder}/sharded")
+    assert not os.path.exists(f"{folder}/a.ckpt")  # what the standard library says of any URL
+    remove_checkpoint(f"{folder}/a.ckpt")
+    remove_checkpoint(f"{folder}/sharded")
+    remove_checkpoint(f"{folder}/never-written.ckpt")  # nothing there: nothing to do
+    assert not checkpoint_exists(f"{folder}/a.ckpt") and not checkpoint_exists(f"{folder}/sharded")
+    local = tmp_path / "local.ckpt"
+    atomic_save({"step": 1}, local)
+    assert checkpoint_exists(local)
+    remove_checkpoint(local)
+    assert not local.exists()
