@@ -42,11 +42,15 @@ class restricted_classmethod(classmethod):
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is not None:
             name = self.__func__.__name__
-            raise TypeError(
-                f"{type(instance).__name__}.{name} was called on an instance, but it builds and returns a new object and "
-                f"leaves this one unchanged. Fix: call it on the class and use the result: "
-                f"model = {type(instance).__name__}.{name}(path)."
-            )
+
+            def refused(*args: Any, **kwargs: Any) -> Any:  # reading the attribute stays fine (hasattr, TorchScript)
+                raise TypeError(
+                    f"{type(instance).__name__}.{name} was called on an instance, but it builds and returns a new object "
+                    f"and leaves this one unchanged. Fix: call it on the class and use the result: "
+                    f"model = {type(instance).__name__}.{name}(path)."
+                )
+
+            return refused
         return super().__get__(instance, owner)
 
 

@@ -65,11 +65,21 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
         #: the default ``strict`` of ``load_from_checkpoint`` (Lightning's name)
         self.strict_loading = True
 
+    #: properties TorchScript must not compile (reading ``trainer`` outside a run raises); Lightning lists its own too
+    __jit_unused_properties__: list[str] = [
+        "trainer", "fabric", "device", "dtype", "current_epoch", "global_step", "global_rank", "local_rank", "logger",
+        "loggers", "on_gpu", "automatic_optimization", "hparams", "hparams_initial",
+    ]
+
+    #: checkpoint keys of the hyperparameters (Lightning's constants)
+    CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
+    CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
+
     # ------------------------------------------------------------------------------ the trainer and its state
     @property
     def trainer(self) -> Trainer:
         """The Trainer running this module (only during ``fit``/``validate``/``test``/``predict`` and after)."""
-        if self._trainer is None:
+        if self._trainer is None and not self.__dict__.get("_jit_is_scripting", False):
             raise UsageError(
                 f"{type(self).__name__}.trainer was read, but the module is not attached to a Trainer. "
                 f"Fix: run it with Trainer().fit(model) (or validate/test/predict) first."
@@ -83,7 +93,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
     @property
     def fabric(self) -> Fabric:
         """The Trainer's Fabric (devices, precision, collectives)."""
-        return self.trainer.fabric
+        trainer = self.trainer
+        return None if trainer is None else trainer.fabric  # None only while TorchScript reads every attribute
 
     @property
     def device(self) -> torch.device:
@@ -123,6 +134,11 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
     @property
     def loggers(self) -> list[Any]:
         return [] if self._trainer is None else self._trainer.loggers
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the module runs on a CUDA device."""
+        return self.device.type == "cuda"
 
     @property
     def automatic_optimization(self) -> bool:
@@ -398,6 +414,68 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
         The closure must run once (through ``optimizer.step(closure=...)`` or by calling it).
         """
         optimizer.step(closure=optimizer_closure)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Step one scheduler of ``configure_optimizers`` when its interval is due; override for schedulers that are not
+        torch's (e.g. ``scheduler.step(epoch=self.current_epoch)`` for timm's). ``metric`` is the monitored value of a
+        ReduceLROnPlateau, else None."""
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
+    # ------------------------------------------------------------------------------ utilities
+    def freeze(self) -> None:
+        """No gradients for any parameter, and eval mode (for inference or a frozen backbone)."""
+        for parameter in self.parameters():
+            parameter.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        """Undo :meth:`freeze`: every parameter trainable again, and train mode."""
+        for parameter in self.parameters():
+            parameter.requires_grad = True
+        self.train()
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank 0 only (the other processes stay quiet)."""
+        if self.global_rank == 0:
+            print(*args, **kwargs)
+
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Gather ``data`` (tensors, numbers or collections of them) from every process: ``fabric.all_gather``."""
+        if self._trainer is None:
+            return move_data_to_device(data, self.device) if isinstance(data, torch.Tensor) else data
+        return self.trainer.fabric.all_gather(data, group=group, sync_grads=sync_grads)
+
+    def to_torchscript(self, file_path: str | os.PathLike[str] | None = None, method: str = "script",
+                       example_inputs: Any = None, **kwargs: Any) -> Any:
+        """The module compiled by TorchScript (``method="script"``, or ``"trace"`` with ``example_inputs`` or
+        ``self.example_input_array``), in eval mode; saved to ``file_path`` when given."""
+        was_training = self.training
+        self.eval()
+        self.__dict__["_jit_is_scripting"] = True  # TorchScript reads every attribute: trainer is None meanwhile
+        try:
+            if method == "script":
+                compiled = torch.jit.script(self, **kwargs)
+            elif method == "trace":
+                inputs = example_inputs if example_inputs is not None else self.example_input_array
+                if inputs is None:
+                    raise ConfigurationError(
+                        f"{type(self).__name__}.to_torchscript(method='trace') needs an input to trace with. "
+                        f"Fix: pass example_inputs=..., or set self.example_input_array in __init__."
+                    )
+                compiled = torch.jit.trace(self, example_inputs=inputs, **kwargs)
+            else:
+                raise ConfigurationError(
+                    f"{type(self).__name__}.to_torchscript(method={method!r}) is not a known method. Choose one of: script, trace."
+                )
+        finally:
+            self.__dict__["_jit_is_scripting"] = False
+            self.train(was_training)
+        if file_path is not None:
+            torch.jit.save(compiled, os.fspath(file_path))
+        return compiled
 
     # ------------------------------------------------------------------------------ copies
     def __getstate__(self) -> dict[str, Any]:

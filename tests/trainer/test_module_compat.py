@@ -531,3 +531,62 @@ def test_load_from_checkpoint_on_an_instance_is_refused_and_strict_loading_is_th
     assert torch.equal(loaded.layer[0].weight, model.layer[0].weight)
     with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"head.weight\""):
         Extended.load_from_checkpoint(tmp_path / "lit.ckpt", strict=True)
+
+
+# ---------------------------------------------------------------------------------------------- other LightningModule API
+class TimmLikeScheduler:
+    """A scheduler that is not torch's: it needs the epoch (as timm's do), so the module overrides lr_scheduler_step."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.calls = optimizer, []
+
+    def step(self, epoch):
+        self.calls.append(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = 0.1 / (epoch + 2)
+
+
+class Utilities(_Base):
+    def __init__(self):
+        super().__init__()
+        self.example_input_array = torch.randn(2, 3)
+        self.gathered: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        self.gathered.append(self.all_gather(torch.tensor([float(batch_idx)])))
+        self.print("step", batch_idx)
+        return nn.functional.mse_loss(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": TimmLikeScheduler(opt), "interval": "epoch"}}
+
+    def lr_scheduler_step(self, scheduler, metric):
+        scheduler.step(epoch=self.current_epoch)
+
+
+def test_lr_scheduler_step_freeze_print_all_gather_and_to_torchscript(tmp_path, capsys):
+    model = Utilities()
+    trainer = _trainer(tmp_path, max_epochs=2, limit_train_batches=2)
+    trainer.fit(model, _loader())
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.calls == [0, 1] and trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 / 3)
+    assert [g.tolist() for g in model.gathered] == [[0.0], [1.0], [0.0], [1.0]] and not model.on_gpu
+    assert capsys.readouterr().out.count("step 1") == 2
+
+    model.freeze()
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    model.unfreeze()
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+    x = torch.randn(4, 3)
+    scripted = model.to_torchscript(file_path=tmp_path / "model.pt")
+    traced = model.to_torchscript(method="trace")
+    assert torch.allclose(scripted(x), model(x)) and torch.allclose(traced(x), model(x))
+    assert torch.allclose(torch.jit.load(str(tmp_path / "model.pt"))(x), model(x)) and model.training
+    with pytest.raises(ConfigurationError, match=r"to_torchscript\(method='onnx'\) is not a known method. Choose one of: script, trace"):
+        model.to_torchscript(method="onnx")
+    model.example_input_array = None
+    with pytest.raises(ConfigurationError, match=r"to_torchscript\(method='trace'\) needs an input to trace with. Fix: pass "
+                                                 r"example_inputs="):
+        model.to_torchscript(method="trace")

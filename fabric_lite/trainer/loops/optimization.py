@@ -128,9 +128,9 @@ def update_schedulers(trainer: Trainer, interval: str, *, plateau: bool) -> None
                     )
                 rank_zero_warn(f"ReduceLROnPlateau: {config.monitor!r} was not logged; the scheduler did not step.")
                 continue
-            config.scheduler.step(float(value))
+            state.lightning_module.lr_scheduler_step(config.scheduler, float(value))
         else:
-            config.scheduler.step()
+            state.lightning_module.lr_scheduler_step(config.scheduler, None)
 
 
 class LightningOptimizer:
