@@ -130,7 +130,9 @@ def test_batch_size_finder_trains_with_the_size_found(tmp_path, fabric_log):
     # no size runs out of memory on this CPU: doubling stops when one batch holds all 32 samples
     assert finder.optimal_batch_size == model.batch_size == 32
     assert trainer.num_training_batches == 1 and trainer.global_step == 2  # the fit used the new loader
-    assert "Finished batch size finder, will continue with full run using batch size 32" in fabric_log.getvalue()
+    lines = fabric_log.getvalue().splitlines()
+    assert [line for line in lines if line.startswith("Batch size")] == [f"Batch size {n} succeeded" for n in (2, 4, 8, 16, 32)]
+    assert "Finished batch size finder, will continue with full run using batch size 32 (mode 'power', tried: 2, 4, 8, 16, 32)" in lines
     with pytest.raises(ConfigurationError, match=r"BatchSizeFinder found no train_dataloader\(\) on the model or data module"):
         quiet_trainer(tmp_path, max_epochs=1, callbacks=[BatchSizeFinder()]).fit(Regressor(), loader(8, 4))
     with pytest.raises(ConfigurationError, match=r"BatchSizeFinder\(mode='linear'\) is not a known mode. Choose one of: power, binsearch"):

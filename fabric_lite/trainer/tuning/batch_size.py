@@ -63,7 +63,9 @@ def scale_batch_size(trainer: Trainer, model: LightningModule, train_dataloaders
 
     def trial(size: int) -> bool:
         trials.set_holders(holders, batch_arg_name, size)
-        return run_trial(trainer, model, datamodule, val_dataloaders, method, snapshot)
+        fitted = run_trial(trainer, model, datamodule, val_dataloaders, method, snapshot)
+        rank_zero_info(f"Batch size {size} succeeded" if fitted else f"Batch size {size} failed: out of memory")
+        return fitted
 
     original = [holder[key] if isinstance(holder, dict) else getattr(holder, key) for holder, key in holders]
     try:
