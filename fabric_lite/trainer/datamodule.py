@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
+
+from torch.utils.data import DataLoader, IterableDataset
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer.hooks import DataHooks
@@ -36,11 +40,45 @@ class LightningDataModule(HyperparametersMixin, DataHooks):
     _hparams_name_key = "datamodule_hparams_name"
     #: set by the Trainer while it runs with this data module
     trainer: Trainer | None = None
+    name: str | None = None
 
     def __init__(self) -> None:
         self.trainer = None
 
     # save_hyperparameters(), hparams, hparams_initial: HyperparametersMixin (as on LightningModule)
+
+    @classmethod
+    def from_datasets(
+        cls,
+        train_dataset: Any = None,
+        val_dataset: Any = None,
+        test_dataset: Any = None,
+        predict_dataset: Any = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        **datamodule_kwargs: Any,
+    ) -> Any:
+        """A data module serving the given datasets (each may be a list or dict of datasets): one DataLoader per
+        dataset with ``batch_size`` and ``num_workers`` (shuffled for training, unless iterable-style), which are
+        also passed to ``__init__`` when it takes them; ``datamodule_kwargs`` go to ``__init__``."""
+
+        def loaders(datasets: Any, shuffle: bool) -> Any:
+            if isinstance(datasets, Mapping):
+                return {key: loaders(value, shuffle) for key, value in datasets.items()}
+            if isinstance(datasets, (list, tuple)):
+                return [loaders(value, shuffle) for value in datasets]
+            return DataLoader(datasets, batch_size=batch_size, num_workers=num_workers,
+                              shuffle=shuffle and not isinstance(datasets, IterableDataset))
+
+        parameters = inspect.signature(cls.__init__).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        special = {k: v for k, v in {"batch_size": batch_size, "num_workers": num_workers}.items() if takes_any or k in parameters}
+        datamodule = cls(**datamodule_kwargs, **special)
+        for hook, datasets, shuffle in (("train_dataloader", train_dataset, True), ("val_dataloader", val_dataset, False),
+                                        ("test_dataloader", test_dataset, False), ("predict_dataloader", predict_dataset, False)):
+            if datasets is not None:
+                setattr(datamodule, hook, lambda datasets=datasets, shuffle=shuffle: loaders(datasets, shuffle))
+        return datamodule
 
     def _missing(self, name: str) -> Any:
         raise ConfigurationError(

@@ -82,6 +82,12 @@ def parse_optimizers(returned: Any) -> tuple[list[Any], list[LRSchedulerConfig]]
         if all(isinstance(item, Mapping) for item in returned):
             optimizers, configs = [], []
             for index, item in enumerate(returned):
+                unknown = set(item) - {"optimizer", "lr_scheduler", "monitor"}
+                if unknown:  # a misspelt key would silently drop the scheduler
+                    raise ConfigurationError(
+                        f"configure_optimizers returned a dict with unknown keys {sorted(unknown)}, which would be ignored. "
+                        f"Fix: use only the keys optimizer, lr_scheduler, monitor (e.g. {{'optimizer': opt, 'lr_scheduler': sched}})."
+                    )
                 if "optimizer" not in item:
                     raise ConfigurationError(
                         f"configure_optimizers returned a dict without 'optimizer' (keys: {', '.join(item)}). "

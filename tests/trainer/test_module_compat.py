@@ -590,3 +590,30 @@ def test_lr_scheduler_step_freeze_print_all_gather_and_to_torchscript(tmp_path, 
     with pytest.raises(ConfigurationError, match=r"to_torchscript\(method='trace'\) needs an input to trace with. Fix: pass "
                                                  r"example_inputs="):
         model.to_torchscript(method="trace")
+
+
+def test_datamodule_from_datasets_and_unknown_optimizer_config_keys(tmp_path):
+    class WithBatchSize(LightningDataModule):
+        def __init__(self, batch_size: int = 1, tag: str = ""):
+            super().__init__()
+            self.save_hyperparameters()
+
+    dm = WithBatchSize.from_datasets(train_dataset=_data(16), val_dataset=[_data(8), _data(4)], batch_size=4, tag="t")
+    assert dm.hparams == {"batch_size": 4, "tag": "t"}  # batch_size reaches __init__ when it takes it, num_workers does not
+    model = DataloaderIdx()
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 4 and model.seen == [("val", 0, 0), ("val", 1, 0), ("val", 0, 1)]
+    assert isinstance(dm.train_dataloader().sampler, torch.utils.data.RandomSampler)
+
+    class Misspelt(_Base):
+        def training_step(self, batch, batch_idx):
+            return self(batch[0]).sum()
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return {"optimizer": opt, "lr_schduler": torch.optim.lr_scheduler.StepLR(opt, 1)}
+
+    with pytest.raises(ConfigurationError, match=r"configure_optimizers returned a dict with unknown keys \['lr_schduler'\]. "
+                                                 r"which would be ignored. Fix: use only the keys optimizer, lr_scheduler, monitor"):
+        _trainer(tmp_path, max_steps=1).fit(Misspelt(), _loader())
