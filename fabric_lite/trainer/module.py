@@ -212,8 +212,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
         itself across processes). Defaults follow Lightning: ``training_step`` logs per step, evaluation steps
         and epoch-end hooks per epoch. ``sync_dist=True`` reduces numbers across processes (epoch values:
         sums of value x batch size and of batch sizes, so each sample counts once). ``rank_zero_only=True``:
-        a value only rank 0 logs, never synced. ``enable_graph``, ``sync_dist_group`` and ``metric_attribute``
-        are accepted for compatibility (values are detached; sync uses the whole world). Outside a run the
+        a value only rank 0 logs, never synced. ``enable_graph``, ``sync_dist_group`` are accepted for compatibility
+        (values are detached; sync uses the whole world). A metric object must be an attribute of the module
+        (as in Lightning), or ``metric_attribute`` names where it is. Outside a run the
         call does nothing. An unknown keyword raises TypeError listing the valid ones.
         """
         if unknown:
@@ -228,7 +229,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
         self._trainer.state.results.log(
             name, value, prog_bar=prog_bar, logger=True if logger is None else logger, on_step=on_step, on_epoch=on_epoch,
             reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size, add_dataloader_idx=add_dataloader_idx,
-            rank_zero_only=rank_zero_only,
+            rank_zero_only=rank_zero_only, metric_attribute=metric_attribute,
         )
 
     def log_dict(

@@ -36,6 +36,7 @@ class _Metric:
     fresh_step: bool = False
     torchmetric: Any = None  # a torchmetrics.Metric logged as the value: its compute() is the epoch value
     computed: float | None = None  # its compute() when its evaluation loader finished (Lightning's moment)
+    attribute: str = ""  # where the module holds it ("val_acc", "metrics.mae"): a rank that never logged it finds it there
 
     def update(self, value: torch.Tensor, batch_size: int) -> None:
         value = value.detach().to(torch.float64)
@@ -83,11 +84,14 @@ class Results:
         self._metrics: dict[str, dict[str, _Metric]] = {}
         self.enabled = True
         self.suffix = ""  # "/dataloader_idx_<i>" while one of several evaluation loaders runs
+        self.module: Any = None  # the LightningModule (its torchmetrics attributes), set when a run attaches it
+        self._metric_paths: dict[int, str] = {}
 
     # ------------------------------------------------------------------------------ recording
     def log(
         self, name: str, value: Any, *, prog_bar: bool, logger: bool, on_step: bool | None, on_epoch: bool | None,
         reduce_fx: Any, sync_dist: bool, batch_size: int | None, add_dataloader_idx: bool = True, rank_zero_only: bool = False,
+        metric_attribute: str | None = None,
     ) -> None:
         if not self.enabled:
             return
@@ -128,6 +132,7 @@ class Results:
         metric.on_step, metric.on_epoch = metric.on_step or on_step, metric.on_epoch or on_epoch
         if torchmetric is not None:
             metric.torchmetric = torchmetric
+            metric.attribute = metric_attribute or self._attribute_of(name, torchmetric)
             metric.fresh_step = True
             cache = getattr(torchmetric, "_forward_cache", None)  # the value of the last metric(preds, target) call
             metric.step_value = _to_tensor(name, cache, self.fabric.device) if isinstance(cache, torch.Tensor) else None
@@ -183,8 +188,8 @@ class Results:
                 _store(logged, bar, self.callback_metrics, metric, value, suffix)
         # torchmetrics objects: compute() syncs their states across processes itself (a collective under
         # torch.distributed), so every rank computes them, in the same (sorted) order.
-        for name in sorted(name for name, metric in metrics.items() if metric.on_epoch and metric.torchmetric is not None):
-            metric = metrics[name]
+        for name in self._agreed_torchmetrics(stage):
+            metric = self._metrics[stage][name]
             value = metric.computed if metric.computed is not None else _compute(metric)
             _store(logged, bar, self.callback_metrics, metric, value, suffix)
         return logged, bar
@@ -192,10 +197,46 @@ class Results:
     def finish_loader(self) -> None:
         """One of several evaluation loaders is done: compute its torchmetrics objects now, as Lightning does when
         the loader changes (a metric object shared by the loaders then holds this loader's value and the ones before)."""
-        for name in sorted(self._metrics.get(self.stage, {})):
+        for name in self._agreed_torchmetrics(self.stage, self.suffix):
             metric = self._metrics[self.stage][name]
-            if metric.torchmetric is not None and metric.on_epoch and metric.computed is None and name.endswith(self.suffix):
+            if metric.computed is None:
                 metric.computed = _compute(metric)
+
+    def _agreed_torchmetrics(self, stage: str, suffix: str | None = None) -> list[str]:
+        """The torchmetrics entries of ``stage`` to compute, the same list on every rank, sorted.
+
+        Evaluation loaders are split without padding, so a rank may have run no batch and never logged a
+        metric that the others compute (a collective): rank 0's list decides, and a rank that lacks an entry
+        takes the metric object from the module attribute rank 0 names.
+        """
+        metrics = self._metrics.setdefault(stage, {})
+        names = sorted(n for n, m in metrics.items() if m.torchmetric is not None and m.on_epoch and (suffix is None or n.endswith(suffix)))
+        if self.fabric.world_size == 1 or stage == "train":
+            return names
+        specs = [(n, metrics[n].attribute, metrics[n].on_step, metrics[n].prog_bar, metrics[n].logger) for n in names]
+        specs = self.fabric.broadcast(specs, src=0)
+        for name, attribute, on_step, prog_bar, logger in specs:
+            if name not in metrics:
+                entry = _Metric(name, on_step, True, prog_bar, logger, "mean", False)
+                entry.torchmetric, entry.attribute = self.module.get_submodule(attribute), attribute
+                metrics[name] = entry
+        return [spec[0] for spec in specs]
+
+    def _attribute_of(self, name: str, torchmetric: Any) -> str:
+        """The module attribute path of a logged metric object (Lightning requires it to be one, and so do we)."""
+        if self.module is None:
+            return ""
+        path = self._metric_paths.get(id(torchmetric))
+        if path is None:
+            self._metric_paths = {id(m): p for p, m in self.module.named_modules() if m is not self.module}
+            path = self._metric_paths.get(id(torchmetric))
+        if path is None:
+            raise ConfigurationError(
+                f"self.log({name!r}, <{type(torchmetric).__name__}>): the metric object is not an attribute of the "
+                f"LightningModule, so the Trainer cannot find it again (checkpoints, ranks that saw no batch). Fix: set it "
+                f"as an attribute in __init__ (self.acc = Accuracy(...)) and log that, or pass metric_attribute='<name>'."
+            )
+        return path
 
     def reset(self, stage: str | None = None) -> None:
         """Forget the stage's values; torchmetrics objects logged in it are reset (their epoch is over)."""

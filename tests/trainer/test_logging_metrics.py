@@ -156,6 +156,15 @@ def test_log_errors_name_the_fix(tmp_path):
     with pytest.raises(ConfigurationError, match=r"<MetricCollection>.*self.log_dict\(collection\)"):
         quiet_trainer(tmp_path, max_epochs=1).fit(Collection(), loader(8, 4))
 
+    class Detached(Regressor):
+        def validation_step(self, batch, batch_idx):
+            metric = torchmetrics.MeanMetric()
+            metric.update(batch[0].sum())
+            self.log("loose", metric)
+
+    with pytest.raises(ConfigurationError, match=r"not an attribute of the LightningModule.*metric_attribute="):
+        quiet_trainer(tmp_path).validate(Detached(), loader(8, 4), verbose=False)
+
     class Named(Regressor):
         def validation_step(self, batch, batch_idx):
             self.log("val/dataloader_idx_0", 1.0)
@@ -195,6 +204,8 @@ def test_two_processes_torchmetrics_epoch_value_is_the_full_dataset_value_and_co
         assert r["val_mean"] == pytest.approx(float(classification_data(11, seed=1).tensors[0][:, 0].mean()), rel=1e-6)
     assert full_val != pytest.approx(_accuracy([torch.tensor(r0["val_pairs"])])) or full_val != pytest.approx(
         _accuracy([torch.tensor(r1["val_pairs"])]))  # the data makes a rank-local value differ from the full one
+    # a one-sample validation set: rank 1 had no batch, took the metric from rank 0's list, and both got its value
+    assert r0["tiny_val_acc"] == r1["tiny_val_acc"] and r0["tiny_val_acc"] in (0.0, 1.0)
     # (test_combined_loaders) a list of two training loaders under DDP: each loader sharded by its own
     # distributed sampler (rank r gets samples r, r+2, ...), the shorter one cycled
     assert r0["combined_seen"] == [[[0, 2], [100, 102]], [[4, 6], [100, 102]]]

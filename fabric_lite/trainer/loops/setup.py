@@ -58,6 +58,7 @@ def attach(trainer: Trainer, model: LightningModule, datamodule: LightningDataMo
         datamodule.trainer = trainer
     state.stage = stage
     state.results = Results(trainer.fabric, state.callback_metrics)
+    state.results.module = model
     state.results.stage = "train" if stage == "fit" else stage
 
 

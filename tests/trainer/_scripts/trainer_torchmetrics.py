@@ -41,8 +41,11 @@ def main(out: Path) -> None:
         "val_mean": validated["val_mean"],
         "train_pairs": torch.cat(model.train_preds[-train_batches:], dim=1).tolist(),
         "val_pairs": val_pairs.tolist(),
-        "val_x0": model.val_x0,
+        "val_x0": list(model.val_x0),
     }
+    # one sample for two ranks: rank 1 runs no batch and never logs, yet must join rank 0's compute() (a collective)
+    (tiny,) = trainer.validate(model, DataLoader(classification_data(1, seed=2), batch_size=4), verbose=False)
+    report["tiny_val_acc"] = tiny["val_acc"]
     several = TwoLoaders()
     Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False, enable_progress_bar=False,
             enable_checkpointing=False).fit(several, [numbered(8, 2), numbered(4, 2, offset=100)])
