@@ -155,3 +155,21 @@ def test_logger_defers_to_an_application_that_configured_logging():
         assert configure_logger("fabric_lite.probe_configured") is logger and logger.handlers == []
     finally:
         root.removeHandler(handler)
+
+
+def test_learning_rate_monitor_names_param_groups_as_lightning(tmp_path):
+    """Keys as Lightning writes them: lr-SGD/<group name>, lr-SGD/pg<i> for unnamed groups, -momentum, -1 for a repeat."""
+    from fabric_lite.loggers import CSVLogger
+    from fabric_lite.trainer.callbacks import LearningRateMonitor
+
+    class Groups(Regressor):
+        def configure_optimizers(self):
+            return torch.optim.SGD([{"params": [self.layer.weight], "name": "weights"},
+                                    {"params": [self.layer.bias], "lr": 0.01}], lr=0.1, momentum=0.9)
+
+    monitor = LearningRateMonitor(log_momentum=True)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[monitor], logger=CSVLogger(tmp_path))
+    trainer.fit(Groups(), loader(8, 4))
+    assert monitor.lrs == {"lr-SGD/weights": [0.1], "lr-SGD/pg2": [0.01]}
+    header = next(tmp_path.rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    assert {"lr-SGD/weights", "lr-SGD/pg2", "lr-SGD/weights-momentum", "lr-SGD/pg2-momentum"} <= set(header)

@@ -15,7 +15,8 @@ INTERVALS = (None, "step", "epoch")
 
 
 class LearningRateMonitor(Callback):
-    """Log ``lr-<Optimizer>`` (``/pg<i>`` per extra parameter group; ``<name>`` from the scheduler config if given).
+    """Log ``lr-<Optimizer>`` (``/pg<i>`` per parameter group when there are several, ``/<name>`` for a group with a
+    ``"name"`` key; ``<name>`` from the scheduler config if given).
 
     Args:
         logging_interval: ``"step"``, ``"epoch"``, or None (each scheduler's own interval; per epoch without one).
@@ -71,14 +72,15 @@ class LearningRateMonitor(Callback):
                 base = f"{base}-{counts[base] - 1}"
             groups = optimizer.param_groups
             for group_index, group in enumerate(groups):
-                key = base if len(groups) == 1 else f"{base}/pg{group_index + 1}"
+                # a param group's "name" names its key (Lightning's rule); unnamed groups are pg1, pg2, ...
+                group_name = group.get("name") or (f"pg{group_index + 1}" if len(groups) > 1 else None)
+                key = f"{base}/{group_name}" if group_name else base
                 stats[key] = float(group["lr"])
+                self.lrs.setdefault(key, []).append(float(group["lr"]))  # learning rates only, as Lightning's lrs
                 if self.log_momentum:
                     momentum = group.get("momentum", group.get("betas", (0.0,))[0])
-                    stats[key.replace("lr-", "lr-", 1) + "-momentum"] = float(momentum)
+                    stats[key + "-momentum"] = float(momentum)
                 if self.log_weight_decay:
                     stats[key + "-weight_decay"] = float(group.get("weight_decay", 0.0))
-        for key, value in stats.items():
-            self.lrs.setdefault(key, []).append(value)
         if stats:
             trainer.fabric.log_dict(stats, step=trainer.global_step)
