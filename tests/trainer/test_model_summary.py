@@ -78,6 +78,13 @@ def test_summary_counts_every_layer_and_parameter():
     assert Summary(model.to(torch.bfloat16), max_depth=1).model_size == pytest.approx(130 * 2 / 1e6)  # real dtype sizes
 
 
+def test_lightning_import_path():
+    from fabric_lite.trainer.utilities.model_summary import ModelSummary as ByPath
+    from fabric_lite.trainer.utilities.model_summary import summarize as summarize_by_path
+
+    assert ByPath is Summary and summarize_by_path is summarize
+
+
 def test_human_readable_counts():
     assert [get_human_readable_count(n) for n in (0, 999, 1000, 123_456, 7_000_000, 2.5e9)] == [
         "0", "999", "1.0 K", "123.5 K", "7.0 M", "2.5 B"]
