@@ -129,6 +129,13 @@ def test_rich_theme_formats_the_metrics(tmp_path):
     assert [type(c) for c in with_summary.callbacks if isinstance(c, ModelSummary)] == [RichModelSummary]  # as Lightning
 
 
+def test_lightning_progress_module_path():
+    pytest.importorskip("rich")
+    from fabric_lite.trainer.callbacks.progress import RichProgressBar as ByPath
+
+    assert ByPath is RichProgressBar
+
+
 def test_rich_missing_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "rich", None)  # as if rich were not installed: `import rich` raises ImportError
     with pytest.raises(ModuleNotFoundError, match=r"RichProgressBar needs the rich package.*pip install rich.*torch-fabric-lite\[rich\]"):

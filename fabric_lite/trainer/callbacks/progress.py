@@ -316,3 +316,12 @@ class TQDMProgressBar(ProgressBar):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         for name in ("val_progress_bar", "test_progress_bar", "predict_progress_bar", "train_progress_bar"):
             self._close(name)
+
+
+def __getattr__(name: str) -> Any:
+    # ``from lightning.pytorch.callbacks.progress import RichProgressBar`` ports as is (rich is imported only then).
+    if name in ("RichProgressBar", "RichProgressBarTheme"):
+        from fabric_lite.trainer.callbacks import rich_progress
+
+        return getattr(rich_progress, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
