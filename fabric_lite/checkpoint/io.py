@@ -4,6 +4,10 @@ A checkpoint appears at its path only when complete: it is written to a temporar
 same folder, flushed and fsync'ed, then renamed over the path (``os.replace`` is atomic on POSIX),
 and the folder entry is fsync'ed too. Loading uses ``torch.load(weights_only=True)`` with the few
 extra types fabric_lite itself stores allow-listed, so a crafted pickle cannot run code.
+
+A path may also be an fsspec URL (``memory://``, ``file://``, ``s3://``...): the same archive, seal and checks,
+written with a temporary name and ``fs.mv`` where the store renames atomically, else uploaded once to the final
+key (object stores make an object visible only when its upload completes). See ``remote``.
 """
 
 from __future__ import annotations

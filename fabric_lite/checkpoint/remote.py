@@ -191,31 +191,46 @@ def refuse_folder(path: Any, *, asked: str, what: str) -> None:
 class SealingWriter:
     """A write-only stream for ``torch.save`` that seals the archive on the way (as ``integrity.seal_archive``).
 
-    ``torch.save`` only writes; the archive's index comes last. The writer passes bytes on to ``handle`` but holds
-    the last ``keep`` bytes back; :meth:`finish` finds the index in them, writes the tail with the seal in its zip
-    comment, and returns whether it could (an index larger than ``keep`` stays unsealed: the records' own
-    CRC-32s are still checked on load).
+    ``torch.save`` only writes, and the archive's index (the central directory) comes last, after the records'
+    bytes. Large writes of record data pass straight on to ``handle`` (no copy); small writes, and from the first
+    write that starts the index (its ``PK\\x01\\x02`` signature) everything after it, are held back (copied).
+    :meth:`finish` finds the index in what is held, writes it with the seal in its zip comment, and returns whether
+    it could (an index not held, e.g. larger than ``keep``, stays unsealed: the records' own CRC-32s are still
+    checked on load).
     """
 
-    def __init__(self, handle: IO[bytes], keep: int = 1 << 24) -> None:
-        self.handle, self.keep = handle, keep
-        self.tail = bytearray()
+    def __init__(self, handle: IO[bytes], keep: int = 1 << 24, small: int = 1 << 16) -> None:
+        self.handle, self.keep, self.small = handle, keep, small
+        self.held: list[bytes] = []
+        self.held_size = 0
         self.written = 0  # bytes passed on to handle
 
     def write(self, data: bytes) -> int:
-        self.tail += data
-        if len(self.tail) > 2 * self.keep:
-            cut = len(self.tail) - self.keep
-            self.handle.write(self.tail[:cut])
-            del self.tail[:cut]
-            self.written += cut
-        return len(data)
+        size = memoryview(data).nbytes
+        in_index = bool(self.held) and self.held[0][:4] == _INDEX_ENTRY
+        if size >= self.small and not in_index:
+            self._release()
+            if bytes(memoryview(data)[:4]) != _INDEX_ENTRY:
+                self.handle.write(data)
+                self.written += size
+                return size
+        self.held.append(bytes(data))  # torch passes memoryviews of buffers it reuses
+        self.held_size += size
+        if self.held_size > self.keep:
+            self._release()
+        return size
+
+    def _release(self) -> None:
+        if self.held:
+            self.handle.write(b"".join(self.held))
+            self.written += self.held_size
+            self.held, self.held_size = [], 0
 
     def flush(self) -> None:
         return None
 
     def finish(self) -> bool:
-        tail, sealed = self.tail, False
+        tail, sealed = bytearray(b"".join(self.held)), False
         start = _index_start(tail, self.written)
         if start is not None:
             comment = _SEAL + b"%08x" % zlib.crc32(tail[start - self.written:-2])
@@ -223,8 +238,11 @@ class SealingWriter:
             sealed = True
         self.handle.write(tail)
         self.written += len(tail)
-        self.tail = bytearray()
+        self.held, self.held_size = [], 0
         return sealed
+
+
+_INDEX_ENTRY = b"PK\x01\x02"  # the signature of a central directory entry
 
 
 def _index_start(tail: bytearray, base: int) -> int | None:

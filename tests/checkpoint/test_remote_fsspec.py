@@ -149,9 +149,10 @@ def test_load_raw_reads_a_plain_state_dict_from_a_url(run_id):
     assert same_tensors(fresh.state_dict(), model.state_dict())
 
 
-def test_a_file_url_writes_the_same_bytes_as_the_local_path(tmp_path):
+@pytest.mark.parametrize("records", [1, 3000])  # 3000: an index of ~190 KB, written by torch in one piece
+def test_a_file_url_writes_the_same_bytes_as_the_local_path(records, tmp_path):
     """The seal computed while streaming to the store equals the one the local writer adds afterwards."""
-    state = {"weights": torch.randn(300, 40), "step": 3}
+    state = {"weights": torch.randn(300, 40), "step": 3, **{f"w{i}": torch.randn(4) for i in range(records - 1)}}
     atomic_save(state, tmp_path / "local.ckpt")
     atomic_save(state, f"file://{tmp_path}/remote.ckpt")
     assert (tmp_path / "local.ckpt").read_bytes() == (tmp_path / "remote.ckpt").read_bytes()
