@@ -34,9 +34,17 @@ def get_human_readable_count(number: int | float) -> str:
     return f"{number:,.1f} {_UNITS[index]}"
 
 
-def _count(parameters: Any) -> int:
+def _numel(parameter: Any) -> int:
     # A lazy module's parameters have no size until its first forward: they count as 0, as in Lightning.
-    return sum(p.numel() for p in parameters if not isinstance(p, nn.parameter.UninitializedParameter))
+    if isinstance(parameter, nn.parameter.UninitializedParameter):
+        return 0
+    # DeepSpeed stage 3 leaves an empty tensor on each rank and keeps the full size in ds_numel; a DTensor
+    # (FSDP2) reports its full size itself.
+    return int(getattr(parameter, "ds_numel", parameter.numel()))
+
+
+def _count(parameters: Any) -> int:
+    return sum(_numel(p) for p in parameters)
 
 
 def _shape(value: Any) -> Any:
@@ -172,8 +180,7 @@ class ModelSummary:
     @property
     def model_size(self) -> float:
         """Megabytes of the parameters in their own dtypes (a bf16 model counts 2 bytes per parameter)."""
-        size = sum(p.numel() * p.element_size() for p in self._model.parameters()
-                   if not isinstance(p, nn.parameter.UninitializedParameter))
+        size = sum(_numel(p) * p.element_size() for p in self._model.parameters())
         return size / 1e6
 
     # ---------------------------------------------------------------------------------------------- text

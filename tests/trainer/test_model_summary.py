@@ -78,6 +78,14 @@ def test_summary_counts_every_layer_and_parameter():
     assert Summary(model.to(torch.bfloat16), max_depth=1).model_size == pytest.approx(130 * 2 / 1e6)  # real dtype sizes
 
 
+def test_lazy_and_partitioned_parameters():
+    lazy = nn.Sequential(nn.LazyLinear(3), nn.Linear(3, 1))
+    assert summarize(lazy).param_nums == [0, 4]  # no size before the first forward, as Lightning counts it
+    partitioned = nn.Linear(10, 10)
+    partitioned.weight.ds_numel = 100  # DeepSpeed stage 3's full size of a parameter whose local tensor is a shard
+    assert summarize(partitioned).total_parameters == 110
+
+
 def test_lightning_import_path():
     from fabric_lite.trainer.utilities.model_summary import ModelSummary as ByPath
     from fabric_lite.trainer.utilities.model_summary import summarize as summarize_by_path
