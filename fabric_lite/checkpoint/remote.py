@@ -13,6 +13,9 @@ or whose package is missing (``s3fs`` for ``s3://``), is refused with the packag
   streaming), and a loaded remote file gets the same checks as a local one: a cut-off or changed remote object
   raises the same CheckpointError, naming the URL.
 
+``memory://`` lives in one process: ranks of a multi-process job each see their own, so sharded saves there work in
+one process only (use ``file://`` or a real store across processes).
+
 This module holds only where a URL points; ``io`` reads and writes the files, ``folder`` the sharded folders.
 """
 
@@ -74,7 +77,8 @@ class RemotePath:
         return RemotePath(self.fs, self.fs._parent(self.path), url)
 
     def child(self, name: str) -> RemotePath:
-        return RemotePath(self.fs, f"{self.path.rstrip('/')}/{name}", f"{self.url.rstrip('/')}/{name}")
+        url = self.url if self.url.endswith("://") else f"{self.url.rstrip('/')}/"  # 'memory://' + name at the root
+        return RemotePath(self.fs, f"{self.path.rstrip('/')}/{name}", f"{url}{name}")
 
     def __truediv__(self, name: str) -> RemotePath:
         return self.child(name)

@@ -175,6 +175,18 @@ def test_a_damaged_remote_file_raises_checkpoint_error_naming_url_and_fix(damage
         load_checkpoint_file(url)
 
 
+def test_a_file_at_the_root_of_a_store_names_the_root_as_its_folder(run_id):
+    url = f"memory://{run_id}.ckpt"
+    atomic_save({"step": 1}, url)
+    try:
+        fsspec.filesystem("memory").pipe_file(f"/{run_id}.ckpt", b"PK\x03\x04 cut")
+        with pytest.raises(CheckpointError, match=rf"fabric.load\('{url}'\) could not read the file: .*Fix: load another "
+                                                  rf"checkpoint from 'memory://' \(latest_checkpoint"):
+            load_checkpoint_file(url)
+    finally:
+        fsspec.filesystem("memory").rm_file(f"/{run_id}.ckpt")
+
+
 def test_missing_remote_file_and_a_remote_folder_are_refused(run_id):
     with pytest.raises(CheckpointError, match=rf"'memory://{run_id}/none.ckpt'\) found no checkpoint: nothing exists "
                                               rf"at that URL. Fix: check the URL"):
