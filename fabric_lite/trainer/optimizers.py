@@ -11,6 +11,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer import flags as F
+from fabric_lite.utilities.rank_zero import rank_zero_warn
 
 
 @dataclass
@@ -83,10 +84,11 @@ def parse_optimizers(returned: Any) -> tuple[list[Any], list[LRSchedulerConfig]]
             optimizers, configs = [], []
             for index, item in enumerate(returned):
                 unknown = set(item) - {"optimizer", "lr_scheduler", "monitor"}
-                if unknown:  # a misspelt key would silently drop the scheduler
-                    raise ConfigurationError(
-                        f"configure_optimizers returned a dict with unknown keys {sorted(unknown)}, which would be ignored. "
-                        f"Fix: use only the keys optimizer, lr_scheduler, monitor (e.g. {{'optimizer': opt, 'lr_scheduler': sched}})."
+                if unknown:  # a misspelt key drops the scheduler; Lightning warns (and runs on), so does this
+                    rank_zero_warn(
+                        f"configure_optimizers returned a dict with unknown keys {sorted(unknown)}, which are ignored. "
+                        f"Fix: use only the keys optimizer, lr_scheduler, monitor (e.g. {{'optimizer': opt, 'lr_scheduler': sched}}).",
+                        RuntimeWarning,
                     )
                 if "optimizer" not in item:
                     raise ConfigurationError(
