@@ -148,3 +148,14 @@ def test_profile_context_and_misuse():
         AdvancedProfiler().stop("never")
     with pytest.raises(ValueError, match=r"PyTorchProfiler.stop\('never'\): that action was never started"):
         PyTorchProfiler().stop("never")
+
+
+def test_pytorch_profiler_schedule_records_a_window(tmp_path):
+    """Lightning's default window (wait 1, warmup 1, active 3) given as a schedule: only those steps are in the trace."""
+    schedule = torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1)
+    profiler = PyTorchProfiler(dirpath=tmp_path, filename="win", schedule=schedule, record_module_names=False)
+    quiet_trainer(tmp_path, max_epochs=1, profiler=profiler).fit(Regressor(), loader(40, 4))  # 10 steps
+    assert profiler.trace_paths == [str(tmp_path / "fit-win-cycle0.pt.trace.json")]
+    events = json.loads((tmp_path / "fit-win-cycle0.pt.trace.json").read_text())["traceEvents"]
+    assert sum(1 for e in events if e.get("name") == "training_step" and e.get("ph") == "X") == 3
+    assert "aten::mse_loss" in (tmp_path / "fit-win.txt").read_text()  # the table of the recorded window
