@@ -13,7 +13,6 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Generator
 from contextlib import contextmanager
-from typing import Any
 
 from fabric_lite.utilities.rank_zero import rank_zero_info
 
