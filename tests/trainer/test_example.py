@@ -27,4 +27,4 @@ def test_digits_trainer_end_to_end(tmp_path):
     assert match, proc.stdout + proc.stderr
     assert match.group(2) == "PASSED" and float(match.group(1)) > 0.90 and proc.returncode == 0, proc.stdout + proc.stderr
     assert len(re.findall(r"^Epoch \d: 23 batches", proc.stdout, re.MULTILINE)) == 3  # 1437 samples / 64 per batch
-    assert list(tmp_path.rglob("epoch=*-val_acc=*.ckpt")) and list(tmp_path.rglob("metrics.csv"))
+    assert list(tmp_path.rglob("epoch=*-val_acc=*.ckpt")) and list(tmp_path.rglob("events.out.tfevents*"))  # the default logger: TensorBoard
