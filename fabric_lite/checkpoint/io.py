@@ -122,6 +122,9 @@ def _save_remote(obj: Any, target: RemotePath, *, asked: str) -> None:
             _remove_quietly(fs, staged.path)
         if not isinstance(error, Exception) or isinstance(error, CheckpointError):
             raise
+        mapped = write_error(target.path, error, asked=asked, kept=kept) if target.is_local else None
+        if mapped is not None:  # file:// on a full, read-only or forbidden disk: said as for a local path
+            raise mapped from None
         raise CheckpointError(
             f"{asked} could not write {target.url!r}: {type(error).__name__}: {_first_line(error)}. {kept} "
             f"Fix: check that the store is reachable and writable (credentials, bucket, quota), then save again."
