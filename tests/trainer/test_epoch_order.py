@@ -42,12 +42,17 @@ class Seen(Callback):
         self.values.append(float(trainer.callback_metrics["epoch_score"]))
 
 
-def test_metric_logged_in_on_train_epoch_end_reaches_checkpoint_and_early_stopping_in_the_same_epoch(tmp_path):
+@pytest.mark.parametrize("with_validation", [False, True])
+def test_metric_logged_in_on_train_epoch_end_reaches_checkpoint_and_early_stopping_in_the_same_epoch(tmp_path, with_validation):
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="epoch_score", mode="min", save_top_k=1)
     stopping = EarlyStopping(monitor="epoch_score", mode="min", patience=1)
     seen = Seen()
     trainer = quiet_trainer(tmp_path, max_epochs=5, callbacks=[checkpoint, stopping, seen])
-    trainer.fit(EpochEndMetric(), loader(16, 4))  # no validation: both decide at the end of the training epoch
+    # Without validation, or with validation once per epoch (Lightning's default), both decide at the end of the
+    # training epoch, after the module's on_train_epoch_end (validation has already run at the last batch).
+    trainer.fit(EpochEndMetric(), loader(16, 4), loader(8, 4) if with_validation else None)
+    if with_validation:
+        assert "val_loss" in trainer.callback_metrics
     assert seen.values == [5.0, 3.0, 4.0]  # each epoch's own value, from epoch 0 on (no "could not find")
     assert float(checkpoint.best_model_score) == 3.0
     assert "epoch=1-" in checkpoint.best_model_path
@@ -192,3 +197,36 @@ def test_checkpoint_monitoring_a_validation_metric_waits_for_the_first_validatio
     with pytest.warns(UserWarning, match=r"monitor='val_loss'\) could not find 'val_loss'.*no validation has run yet"):
         quiet_trainer(tmp_path, max_epochs=2, callbacks=[checkpoint]).fit(Regressor(), loader(8, 4), loader(4, 4))
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["epoch=1-step=3.ckpt", "epoch=1-step=4.ckpt"]
+
+
+class Noisy(Regressor):
+    """Dropout (the RNG every step), Adam and a per-epoch StepLR: what a resume has to restore."""
+
+    def __init__(self):
+        super().__init__(lr=0.05)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        return self.layer(self.drop(x))
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.7)}
+
+
+def test_resume_from_a_checkpoint_saved_at_the_training_epoch_end_with_validation(tmp_path):
+    def run(name, ckpt_path=None, callbacks=()):
+        torch.manual_seed(123)
+        model = Noisy()
+        trainer = quiet_trainer(tmp_path / name, max_epochs=3, callbacks=[EarlyStopping(monitor="val_loss", patience=100), *callbacks])
+        trainer.fit(model, loader(24, 4, shuffle=True), loader(8, 4), ckpt_path=ckpt_path)
+        return trainer, model
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val_loss", save_top_k=-1)
+    _, full = run("full", callbacks=[saver])
+    path = next((tmp_path / "ck").glob("epoch=0-step=6*.ckpt"))
+    assert torch.load(path, weights_only=True)["loops"]["phase"] == "epoch_end_hooks_done"  # after the module's epoch end
+    resumed_trainer, resumed = run("resumed", ckpt_path=path)
+    assert resumed_trainer.global_step == 18
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)

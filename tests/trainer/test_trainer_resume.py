@@ -44,13 +44,17 @@ def run(tmp_path, name, *, max_epochs=3, ckpt_path=None, callbacks=()):
     (None, "epoch=0-step=6.ckpt", "in_epoch"),  # written by the end-of-epoch validation, before the epoch-end hooks
 ])
 def test_resume_continues_exactly(tmp_path, every, checkpoint, phase):
-    saver = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=every, save_top_k=-1)
+    # save_on_train_epoch_end=False: the epoch-based save comes from the end-of-epoch validation (Lightning's default
+    # saves at the training epoch end when validation runs once per epoch; resuming from there is in test_epoch_order)
+    saver = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=every, save_top_k=-1, save_on_train_epoch_end=False)
     full_trainer, full = run(tmp_path, "full", callbacks=[saver])
     path = tmp_path / "ck" / checkpoint
     state = torch.load(path, weights_only=True)
     assert state["loops"]["phase"] == phase
     assert "train_dataloader" in state  # the set-up loader's position and random state (fabric_lite's stateful loaders)
-    stopper = EarlyStopping(monitor="val_loss", patience=100)
+    # checks after validation too: a checkpoint written inside the epoch-end validation does not hold val_loss, and
+    # a check at the resumed epoch's end would miss it (lightning.pytorch 2.6.6 raises there as well)
+    stopper = EarlyStopping(monitor="val_loss", patience=100, check_on_train_epoch_end=False)
     resumed_trainer, resumed = run(tmp_path, "resumed", ckpt_path=path, callbacks=[stopper])
     torch.testing.assert_close(weights(resumed), weights(full), rtol=0, atol=0)  # bit for bit
     assert resumed_trainer.global_step == full_trainer.global_step == 18

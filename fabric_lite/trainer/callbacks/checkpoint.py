@@ -137,9 +137,17 @@ class ModelCheckpoint(Callback):
         self._save(trainer)
 
     def _on_train_epoch_end(self, trainer: Trainer) -> bool:
+        """Whether to save at the training epoch's end rather than after validation (Lightning's rule).
+
+        Validation that runs once at the end of every epoch (``val_check_interval=1.0``,
+        ``check_val_every_n_epoch=1``) has finished by then, so the epoch end sees its metrics and what the
+        module logs in ``on_train_epoch_end``; validation at other intervals decides at its own end.
+        """
         if self.save_on_train_epoch_end is not None:
             return self.save_on_train_epoch_end
-        return not trainer.val_dataloaders or not any(trainer.num_val_batches) or trainer.val_check_batch == float("inf")
+        if not trainer.val_dataloaders or not any(trainer.num_val_batches) or trainer.val_check_batch == float("inf"):
+            return True
+        return trainer.check_val_every_n_epoch == 1 and trainer.val_check_interval == 1.0
 
     def _epoch_due(self, trainer: Trainer) -> bool:
         return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0

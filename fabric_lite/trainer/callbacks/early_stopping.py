@@ -67,9 +67,14 @@ class EarlyStopping(Callback):
         return f"EarlyStopping{{monitor={self.monitor!r}, mode={self.mode!r}}}"
 
     def _on_train_epoch_end_check(self, trainer: Trainer) -> bool:
+        """Whether to check at the training epoch's end rather than after validation (Lightning's rule: at the
+        epoch end when validation runs once per epoch, at its end, so a metric logged in ``on_train_epoch_end``
+        counts too; without validation at the epoch end as well)."""
         if self.check_on_train_epoch_end is not None:
             return self.check_on_train_epoch_end
-        return not trainer.val_dataloaders or not any(trainer.num_val_batches) or trainer.val_check_batch == float("inf")
+        if not trainer.val_dataloaders or not any(trainer.num_val_batches) or trainer.val_check_batch == float("inf"):
+            return True
+        return trainer.check_val_every_n_epoch == 1 and trainer.val_check_interval == 1.0
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._on_train_epoch_end_check(trainer):
