@@ -421,7 +421,8 @@ def test_deepspeed_folders_at_a_url_are_refused_with_the_fix(call):
 
 @pytest.mark.parametrize("protocol", ["memory", "file"])
 def test_checkpoint_exists_and_remove_checkpoint_work_on_urls_and_local_paths(protocol, run_id, tmp_path):
-    from fabric_lite.checkpoint.folder import MARKER, checkpoint_exists, remove_checkpoint
+    from fabric_lite.checkpoint import checkpoint_exists, remove_checkpoint
+    from fabric_lite.checkpoint.folder import MARKER
 
     folder = f"file://{tmp_path}/{run_id}" if protocol == "file" else f"memory://{run_id}"
     fs, root = fsspec.core.url_to_fs(folder)
