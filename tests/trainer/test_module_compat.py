@@ -472,6 +472,45 @@ def test_ctrl_c_ends_fit_gracefully_with_the_exception_hooks(tmp_path):
     assert "Traceback" not in err
 
 
+def test_ctrl_c_to_rank_0_of_a_two_process_fit_runs_the_hooks_then_stops_every_rank(tmp_path):
+    """Several processes: a rank that went on alone would wait in its next collective, so after the hooks the
+    KeyboardInterrupt goes on to the launcher, which stops the job (exit by SIGINT, no process left)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = Path(__file__).parent / "_scripts" / "interrupt_fit.py"
+    process = subprocess.Popen([sys.executable, str(script), "fit", "2"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"})
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.strip() == "READY", line + (process.stderr.read() if process.stderr else "")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode in (-signal.SIGINT, 128 + signal.SIGINT), err
+    hooks = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("hook ")]
+    assert hooks == ["callback.on_exception:KeyboardInterrupt", "logger.finalize:failed",
+                     "module.on_exception:KeyboardInterrupt", "datamodule.on_exception:KeyboardInterrupt"]
+    assert "returned" not in out and "rank 0 was interrupted (SIGINT); stopping the other ranks" in err
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)  # anything left of the job's process group?
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError("a rank of the interrupted job was still running 10 s after rank 0 exited")
+
+
 def test_keyboard_interrupt_in_test_and_predict_ends_the_call_with_the_hooks(tmp_path):
     class Interrupted(NoBatchIdx):
         def test_step(self, batch):

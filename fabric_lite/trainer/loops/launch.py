@@ -25,15 +25,19 @@ def launch(trainer: Trainer, run: Callable[..., Any], model: Any, *args: Any) ->
 
     The entry point of fit / validate / test / predict, so every exception passes here: the callbacks' ``on_exception``
     (if the loop did not call them yet), then the module's and the data module's, and ``trainer.interrupted`` becomes
-    True. A ``KeyboardInterrupt`` (Ctrl-C) ends the call gracefully instead: it returns None (a second Ctrl-C is
-    ignored while the hooks run); any other exception is raised again.
+    True. A ``KeyboardInterrupt`` (Ctrl-C) then ends the call gracefully: it returns None (a second Ctrl-C is ignored
+    while the hooks run). Any other exception is raised again, and so is a KeyboardInterrupt in one of several
+    processes of a job: a rank that went on alone would wait for the others in its next collective, so the launcher
+    stops every rank as it does for Ctrl-C (Lightning 2.4+ ends the program there too). The parent of spawned ranks
+    returns gracefully: the launcher has stopped them already.
     """
     trainer._interrupted = False
+    spawning = trainer.fabric.launcher.runs_function_in_new_processes
     try:
         return _launch(trainer, run, model, *args)
     except BaseException as error:
         handle_exception(trainer, error)
-        if isinstance(error, KeyboardInterrupt):
+        if isinstance(error, KeyboardInterrupt) and (spawning or trainer.world_size == 1):
             return None
         raise
 

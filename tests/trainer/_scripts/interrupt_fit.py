@@ -1,4 +1,5 @@
-"""A Trainer run that a test stops with a real SIGINT (Ctrl-C): argv[1] is fit / validate / test / predict.
+"""A Trainer run that a test stops with a real SIGINT (Ctrl-C): argv[1] is fit / validate / test / predict, argv[2]
+(optional) the number of CPU processes (strategy "ddp" when more than 1).
 
 Prints READY when the run is under way (then each batch sleeps so the signal lands inside the loop), then after
 the call returns: what the exception hooks saw, the logger's finalize status and trainer.interrupted.
@@ -17,7 +18,16 @@ from fabric_lite.loggers.base import Logger
 from fabric_lite.trainer import Callback, LightningDataModule, LightningModule, Trainer
 
 stage = sys.argv[1]
-events: list[str] = []
+devices = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+
+
+class Events(list):
+    def append(self, event: str) -> None:
+        super().append(event)
+        print("hook", event, flush=True)  # seen even when the process then ends (several processes: Ctrl-C stops the job)
+
+
+events = Events()
 
 
 class Recorder(Logger):
@@ -45,7 +55,7 @@ class Slow(LightningModule):
         self.layer = nn.Linear(2, 1)
 
     def _slow(self, batch, batch_idx):
-        if batch_idx == 1:
+        if batch_idx == 1 and self.global_rank == 0:
             print("READY", flush=True)
         if batch_idx >= 1:
             time.sleep(0.05)
@@ -80,7 +90,7 @@ class Data(LightningDataModule):
         events.append(f"datamodule.on_exception:{type(exception).__name__}")
 
 
-trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=Recorder(), callbacks=[Seen()], enable_progress_bar=False,
+trainer = Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_epochs=1, logger=Recorder(), callbacks=[Seen()], enable_progress_bar=False,
                   enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
 started = time.monotonic()
 result = getattr(trainer, stage)(Slow(), datamodule=Data())
