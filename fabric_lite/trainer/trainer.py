@@ -106,7 +106,8 @@ class Trainer:
 
         Ctrl-C (KeyboardInterrupt) ends the call gracefully: the callbacks', module's and data module's
         ``on_exception`` hooks run, the loggers are finalized with "failed", and the call returns None, so the
-        script goes on (Lightning 2.0-2.3 did this; 2.4+ exits the program with status 1 instead).
+        script goes on (Lightning 2.0-2.3 did this; 2.4+ exits the program with status 1 instead). In one rank of
+        a multi-process job the interrupt goes on after the hooks and the launcher stops every rank.
         """
         return self._interrupted
 
