@@ -4,6 +4,13 @@ rename into place, recovery of a save killed part-way, and agreement so that eve
 A step that can fail on one rank only (rank 0 writing ``meta.pt``, one rank finding a damaged shard) is followed
 by an all-gather of what each rank raised: if any rank failed, every rank raises the same CheckpointError instead
 of one rank raising while the others wait in the next collective until the timeout.
+
+A folder may be at an fsspec URL (``remote.RemotePath``): the same protocol runs through the store. Where its rename
+is atomic (``file://``, ``memory://``) the staging folder is moved into place with ``fs.mv``. An object store (S3,
+GCS) has no folder rename, so the folder is written in place: the old folder at the path is removed first (its
+marker first), and the marker, written last, makes the new one complete; a save that fails part-way there leaves
+no checkpoint at that path (loads and ``latest_checkpoint`` refuse a folder without its marker), so give each
+save its own path (``step-100``) on such stores. Verifying checksums reads every file back from the store.
 """
 
 from __future__ import annotations

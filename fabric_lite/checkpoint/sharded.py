@@ -13,6 +13,10 @@ one whose files differ from the marker's checksums too (``folder`` holds this pr
 compare keys and shapes with DCP's metadata first and word a mismatch as single-file loads do.
 Optimizer state inside the folder is keyed by parameter name (DCP's format); a consolidated or
 "full" single file uses torch's own index-keyed format, so it loads into a plain optimizer too.
+
+The path may be an fsspec URL: the shards then go through torch's ``FsspecWriter`` / ``FsspecReader`` and the
+folder protocol runs on the store (see ``folder``). ``memory://`` is per process: sharded saves there work in one
+process only; several processes need a store they share (``file://`` on a shared disk, ``s3://``, ...).
 """
 
 from __future__ import annotations

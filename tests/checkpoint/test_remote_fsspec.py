@@ -403,6 +403,7 @@ def test_a_sharded_save_to_an_object_store_is_written_in_place_with_its_marker_l
 def test_consolidate_merges_a_url_folder_into_a_url_file(one_rank_memory_url):
     folder, (rank,) = one_rank_memory_url
     assert rank["consolidated"] == [f"{folder}/merged.ckpt", 4]
+    assert rank["full_file"] == [6, True]  # FSDPStrategy(state_dict_type="full") saves and loads one file at a URL
 
 
 @pytest.mark.parametrize("call", ["save", "load"])

@@ -138,6 +138,13 @@ def main():
         fabric.save(f"{args.folder}/intact", {"model": model, "step": 4})
         merged = consolidate(f"{args.folder}/intact", f"{args.folder}/merged.ckpt")
         r["consolidated"] = [str(merged), load_checkpoint_file(str(merged))["step"]]
+        fabric.strategy.state_dict_type = "full"  # one file at a URL, written by rank 0
+        fabric.save(f"{args.folder}/full.ckpt", {"model": model, "step": 6})
+        again, _ = trained(7)
+        state = {"model": again, "step": 0}
+        fabric.load(f"{args.folder}/full.ckpt", state)
+        r["full_file"] = [state["step"], values(again) == values(model)]
+        fabric.strategy.state_dict_type = "sharded"
 
         fsspec.register_implementation("objstore", ObjectStoreFileSystem, clobber=True)
         round_trip("objstore://run/ckpt", "object_store")
