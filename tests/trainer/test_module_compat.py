@@ -289,6 +289,11 @@ def test_optimizers_returns_a_list_of_optimizer_instances_with_several(tmp_path)
     trainer = _trainer(tmp_path, max_steps=4)
     trainer.fit(model, _loader(8))
     assert model.seen == [("LightningSGD", "LightningAdam", True, "SGD", "FabricSGD")] * 2
+    import copy
+
+    copied = copy.deepcopy(model.optimizers()[0])  # a class made at run time still copies
+    assert type(copied).__name__ == "LightningSGD" and copied.param_groups[0]["lr"] == 0.1
+    assert copied.param_groups[0]["params"][0] is not model.layer.weight
     assert trainer.global_step == 4  # every optimizer.step() counts under manual optimization, as in Lightning
 
 

@@ -192,6 +192,10 @@ class LightningOptimizer:
     def __repr__(self) -> str:
         return f"LightningOptimizer({self.optimizer!r})"
 
+    def __reduce__(self) -> Any:
+        # The class is made at run time (no importable name): pickle and deepcopy rebuild it from the two references.
+        return _make_proxy, (self.__dict__["_lightning_target"], self.__dict__["_lightning_trainer"])
+
 
 def _step(trainer: Trainer, target: Any, closure: Any, *, skip_without_loss: bool, **kwargs: Any) -> Any:
     """Step ``target`` (a Fabric-set-up optimizer) after ``closure``: inside ``step`` where a plain torch step can take a
@@ -220,14 +224,16 @@ def lightning_optimizers(trainer: Trainer) -> list[Any]:
     if cached is not None and len(cached) == len(targets) and all(
             proxy.__dict__["_lightning_target"] is target for proxy, target in zip(cached, targets)):
         return cached
-    proxies = []
-    for target in targets:
-        proxy = object.__new__(_proxy_class(type(target)))
-        proxy.__dict__["_lightning_target"] = target
-        proxy.__dict__["_lightning_trainer"] = trainer
-        proxies.append(proxy)
+    proxies = [_make_proxy(target, trainer) for target in targets]
     trainer.__dict__["_lightning_optimizers"] = proxies
     return proxies
+
+
+def _make_proxy(target: Any, trainer: Trainer) -> Any:
+    proxy = object.__new__(_proxy_class(type(target)))
+    proxy.__dict__["_lightning_target"] = target
+    proxy.__dict__["_lightning_trainer"] = trainer
+    return proxy
 
 
 def inner_optimizer(optimizer: Any) -> Any:
