@@ -141,6 +141,8 @@ def test_every_raise_in_the_trainer_names_a_fix_or_the_choices():
             if not texts:
                 continue  # a helper builds the message (flags.bad adds "Fix:", choices_error lists the choices)
             joined = "".join(texts)
+            if getattr(func, "id", "") == "AttributeError" and "has no attribute" in joined:
+                continue  # a module's __getattr__ protocol answer (hasattr() and import machinery read it), not a user error
             if "Fix:" not in joined and "Choose one of" not in joined:
                 missing.append(f"{path.name}:{node.lineno}: {joined[:80]}")
     assert not missing, "\n".join(missing)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fabric_lite.trainer.callbacks.progress import ProgressBar, _total
+from fabric_lite.trainer.callbacks.progress_base import ProgressBar, _total
 
 if TYPE_CHECKING:
     from fabric_lite.trainer.module import LightningModule
