@@ -31,6 +31,14 @@ def run_cli(*args, cwd=None, timeout=120):
     )
 
 
+def in_process(*args):
+    """fabric_lite.cli.main in this process, for refusals that start nothing (no interpreter start-up per case)."""
+    from fabric_lite.cli import main
+
+    code, out, err = call(main, *args)
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
 @pytest.fixture()
 def script(tmp_path):
     path = tmp_path / "train.py"
@@ -63,7 +71,7 @@ def test_bad_flag_fails_before_any_process_starts(script):
 
 
 def test_missing_script_is_reported(tmp_path):
-    result = run_cli(str(tmp_path / "nope.py"))
+    result = in_process(str(tmp_path / "nope.py"))
     assert result.returncode == 2
     assert f"fabric-run: the script '{tmp_path / 'nope.py'}' does not exist. Fix: check the path." in result.stderr
 
@@ -97,7 +105,7 @@ def test_console_script_is_installed():
 
 
 def test_node_rank_outside_the_nodes_is_refused(script):
-    result = run_cli("--num-nodes", "2", "--node-rank", "2", script.as_posix())
+    result = in_process("--num-nodes", "2", "--node-rank", "2", script.as_posix())
     assert result.returncode == 2
     assert "fabric-run: --node-rank 2 does not exist with --num-nodes 2 (node ranks are 0 to 1)." in result.stderr
 
@@ -109,7 +117,7 @@ def test_main_port_in_use_is_refused(script):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_cli("--main-port", str(port), script.as_posix())
+        result = in_process("--main-port", str(port), script.as_posix())
     assert result.returncode == 2
     assert f"fabric-run: --main-port {port} is already in use on 127.0.0.1" in result.stderr
 
@@ -125,7 +133,7 @@ def test_main_port_in_use_is_refused(script):
     ],
 )
 def test_out_of_range_flags_are_refused_naming_the_flag(flags, message, script):
-    result = run_cli(*flags, script.as_posix())
+    result = in_process(*flags, script.as_posix())
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr and "RESULT" not in result.stdout
