@@ -104,7 +104,7 @@ def test_existing_plugin_imports_keep_working():
     assert Preemption is Defined and issubclass(TruePrecision, Precision)
 
 
-@pytest.mark.parametrize("module", ["fabric_lite.strategies", "fabric_lite.plugins", "fabric_lite.plugins.environments",
+@pytest.mark.parametrize("module", ["fabric_lite.strategies", "fabric_lite.plugins",
                                     "fabric_lite.plugins.precision"])
 def test_an_unknown_name_is_an_import_error_naming_it(module):
     with pytest.raises(ImportError, match=rf"cannot import name 'TransformerEnginePrecision' from '{module}'"):

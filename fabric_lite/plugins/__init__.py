@@ -2,8 +2,7 @@
 
 Everything is importable from here directly (``from fabric_lite.plugins import SLURMEnvironment, MixedPrecision``)
 and from Lightning's sub-paths: ``fabric_lite.plugins.environments`` and ``fabric_lite.plugins.precision``.
-``FSDPPrecision`` and the Kubeflow, MPI and LSF environments load on first use, so that importing this package
-never imports torch.distributed.fsdp.
+``FSDPPrecision`` loads on first use, so that importing this package never imports torch.distributed.fsdp.
 """
 
 from __future__ import annotations
@@ -13,8 +12,11 @@ from typing import TYPE_CHECKING, Any
 from fabric_lite.plugins import environments, precision
 from fabric_lite.plugins.environments import (
     ClusterEnvironment,
+    KubeflowEnvironment,
     LightningEnvironment,
     LocalEnvironment,
+    LSFEnvironment,
+    MPIEnvironment,
     SLURMEnvironment,
     TorchElasticEnvironment,
     XLAEnvironment,
@@ -30,17 +32,7 @@ from fabric_lite.plugins.precision import (
 )
 from fabric_lite.utilities.preemption import Preemption
 
-_LAZY = {
-    "FSDPPrecision": precision,
-    "KubeflowEnvironment": environments,
-    "LSFEnvironment": environments,
-    "MPIEnvironment": environments,
-}
-
 if TYPE_CHECKING:
-    from fabric_lite.environments.kubeflow import KubeflowEnvironment
-    from fabric_lite.environments.lsf import LSFEnvironment
-    from fabric_lite.environments.mpi import MPIEnvironment
     from fabric_lite.precision.fsdp import FSDPPrecision
 
 __all__ = [
@@ -66,12 +58,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(_LAZY[name], name)
+    if name == "FSDPPrecision":
+        value = precision.FSDPPrecision  # imports torch.distributed.fsdp
         globals()[name] = value
         return value
     raise AttributeError(f"module 'fabric_lite.plugins' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | {"FSDPPrecision"})
