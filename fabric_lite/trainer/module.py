@@ -382,6 +382,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
             return
         algorithm = gradient_clip_algorithm or "norm"
         fabric, model = self.trainer.fabric, self.trainer.model
+        if getattr(fabric.strategy, "name", None) == "deepspeed" and algorithm == "norm":
+            return  # the engine clips inside its step (the Trainer put gradient_clip_val into its config)
         if algorithm == "value":
             fabric.clip_gradients(model, inner_optimizer(optimizer), clip_val=gradient_clip_val)
         elif algorithm == "norm":

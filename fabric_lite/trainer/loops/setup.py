@@ -116,6 +116,8 @@ def setup_model(trainer: Trainer, model: LightningModule, *, with_optimizers: bo
     else:
         optimizers, configs = [], []
     if state.setup_for is not model:
+        if optimizers:
+            _clipping_into_deepspeed(trainer)
         set_up = trainer.fabric.setup(model, *optimizers)
         fabric_model, fabric_optimizers = (set_up, []) if not optimizers else (set_up[0], list(set_up[1:]))
         for name in STEP_METHODS:
@@ -129,6 +131,29 @@ def setup_model(trainer: Trainer, model: LightningModule, *, with_optimizers: bo
     if with_optimizers:
         state.optimizers = fabric_optimizers
         state.lr_scheduler_configs = configs
+
+
+def _clipping_into_deepspeed(trainer: Trainer) -> None:
+    """Under DeepSpeed the engine clips inside its step: the Trainer's ``gradient_clip_val`` goes into its config.
+
+    (As in Lightning; ``fabric.clip_gradients`` cannot reach DeepSpeed's gradients, so the module's
+    ``clip_gradients`` does nothing there.) A value the user set on the strategy or in its config wins.
+    """
+    import dataclasses
+
+    strategy = trainer.fabric.strategy
+    if getattr(strategy, "name", None) != "deepspeed" or not trainer.gradient_clip_val:
+        return
+    if (trainer.gradient_clip_algorithm or "norm") != "norm":
+        raise ConfigurationError(
+            f"Trainer(gradient_clip_algorithm={trainer.gradient_clip_algorithm!r}) cannot work under DeepSpeed: the "
+            f"engine clips inside its own step, and only by the global norm. Fix: gradient_clip_algorithm='norm' "
+            f"(or leave it out), or a strategy that clips by value (ddp, fsdp)."
+        )
+    options = strategy.options
+    user_config = options.config or {}
+    if options.gradient_clipping is None and "gradient_clipping" not in user_config:
+        strategy.options = dataclasses.replace(options, gradient_clipping=float(trainer.gradient_clip_val))
 
 
 def setup_loader(trainer: Trainer, loader: Any, *, train: bool) -> Any:
