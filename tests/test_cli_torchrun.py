@@ -183,6 +183,11 @@ def test_dry_run_shows_per_rank_output_options_and_threads(monkeypatch):
          "fabric-run: --node-rank 1 is not used with --rdzv-backend c10d: the rendezvous numbers the nodes"),
         (["--rdzv-endpoint", "h:29400", "train.py"],
          "fabric-run: --rdzv-endpoint h:29400 is only read by a rendezvous backend such as c10d"),
+        (["--devices", "2", "--monitor-interval", "1", "train.py"],
+         "fabric-run: --monitor-interval is not an option of fabric-run but of torch.distributed.run. Fix: put it "
+         "between `--` and the script: fabric-run [options] -- --monitor-interval ... script.py"),
+        (["--devcies", "2", "train.py"],
+         "fabric-run: --devcies is not an option of fabric-run. Fix: check the spelling in fabric-run --help."),
         (["--no-python", "no-such-program-here", "x"],
          "fabric-run: --no-python no-such-program-here: no such executable (neither a file nor a command on PATH)."),
     ],

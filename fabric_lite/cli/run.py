@@ -190,9 +190,27 @@ def split_command_line(argv: Sequence[str]) -> tuple[list[str], list[str] | None
     return argv, None, None, []
 
 
+def _refuse_unknown_options(ours: list[str], prog: str) -> None:
+    """An option that is not ours: say where a torch.distributed.run option goes, else point at --help."""
+    takes_value = {name: not option.flag for option in OPTIONS for name in option.spellings}
+    takes_value.update({"-h": False, "--help": False})
+    index = 0
+    while index < len(ours):
+        name = ours[index].split("=", 1)[0]
+        if name not in takes_value:
+            if knows_option(name):
+                raise ConfigurationError(
+                    f"{name} is not an option of {prog} but of torch.distributed.run. Fix: put it between `--` and "
+                    f"the script: {prog} [options] -- {name} ... script.py"
+                )
+            raise ConfigurationError(f"{name} is not an option of {prog}. Fix: check the spelling in {prog} --help.")
+        index += 2 if takes_value[name] and "=" not in ours[index] else 1
+
+
 def parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     """The command line as one namespace; flags that cannot work raise ConfigurationError naming the flag."""
     ours, tail, script, script_args = split_command_line(argv)
+    _refuse_unknown_options(ours, prog)
     parser = build_parser(prog)
     args = parser.parse_args(ours)  # --help, an unknown option or a missing value: argparse's message, exit 2
     args.torchrun_options = []
