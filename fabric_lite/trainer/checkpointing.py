@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from fabric_lite.checkpoint import checkpoint_exists
 from fabric_lite.errors import CheckpointError, UsageError
 from fabric_lite.trainer.loops.hooks import call_hook
 from fabric_lite.trainer.states import get_rng, is_plain, set_rng
@@ -63,14 +64,28 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
     trainer.fabric.save(filepath, {**saved, **extra})
 
 
+def _modified(path: str) -> float:
+    """Modification time of a local checkpoint, or of one at an fsspec URL (0 when the store does not say)."""
+    if "://" not in path:
+        return os.path.getmtime(path)
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(path)
+    try:
+        stamp = fs.modified(inner)
+    except (NotImplementedError, OSError):
+        return 0.0
+    return stamp.timestamp()
+
+
 def resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, stage: str) -> str:
     if ckpt_path in ("best", "last"):
         callback = trainer.checkpoint_callback
         path = "" if callback is None else callback.best_model_path if ckpt_path == "best" else callback.last_model_path
         if ckpt_path == "last":
             # A preempted fit's checkpoint counts as a "last" one (Lightning's hpc checkpoint does too): the newer wins.
-            found = [p for p in (path, trainer.preemption_ckpt_path) if p and os.path.exists(p)]
-            path = max(found, key=os.path.getmtime) if found else path
+            found = [p for p in (path, trainer.preemption_ckpt_path) if p and checkpoint_exists(p)]
+            path = max(found, key=_modified) if found else path
         if not path:
             raise CheckpointError(
                 f"Trainer.{stage}(ckpt_path={ckpt_path!r}) has no {ckpt_path} checkpoint to load: "
@@ -82,7 +97,7 @@ def resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, stage: str) -> str:
             )
         return path
     path = os.fspath(ckpt_path)
-    if not os.path.exists(path):
+    if not checkpoint_exists(path):  # a local path or an fsspec URL (ModelCheckpoint(dirpath="s3://..."))
         raise CheckpointError(
             f"Trainer.{stage}(ckpt_path={path!r}): no such file or folder. Fix: pass the path of a checkpoint, 'best' or 'last'."
         )

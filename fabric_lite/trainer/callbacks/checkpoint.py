@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fabric_lite.checkpoint import checkpoint_exists, remove_checkpoint
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer.callbacks.base import Callback
 from fabric_lite.utilities.rank_zero import rank_zero_warn
@@ -190,6 +190,10 @@ class ModelCheckpoint(Callback):
             path = os.path.join(self.dirpath or ".", self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
             trainer.save_checkpoint(path, weights_only=self.save_weights_only)
             self.last_model_path = path
+        for logger in trainer.loggers:  # as in Lightning: loggers with log_model upload what was just saved
+            hook = getattr(logger, "after_save_checkpoint", None)
+            if hook is not None:
+                hook(self)
 
     def _save_top_k(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         score = float(metrics[self.monitor])  # type: ignore[index]
@@ -223,10 +227,7 @@ class ModelCheckpoint(Callback):
 
     def _remove(self, trainer: Trainer, path: str) -> None:
         if trainer.is_global_zero and path != self.last_model_path:
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            elif os.path.exists(path):
-                os.remove(path)
+            remove_checkpoint(path)  # a file or a sharded folder, local or at an fsspec URL (dirpath="s3://...")
         if trainer.world_size > 1:
             trainer.fabric.barrier("ModelCheckpoint.remove")
 
@@ -235,7 +236,7 @@ class ModelCheckpoint(Callback):
             return path
         stem, version = path[: -len(self.FILE_EXTENSION)], 1
         candidate = path
-        while os.path.exists(candidate) and candidate not in self.best_k_models:
+        while checkpoint_exists(candidate) and candidate not in self.best_k_models:
             candidate = f"{stem}-v{version}{self.FILE_EXTENSION}"
             version += 1
         return candidate
