@@ -173,9 +173,14 @@ def build_parser(prog: str = "fabric-run") -> argparse.ArgumentParser:
     return parser
 
 
+def _takes_value() -> dict[str, bool]:
+    """Each spelling of our options (and -h/--help) -> whether the next argument is its value."""
+    return {"-h": False, "--help": False, **{name: not option.flag for option in OPTIONS for name in option.spellings}}
+
+
 def split_command_line(argv: Sequence[str]) -> tuple[list[str], list[str] | None, str | None, list[str]]:
     """(our options, the torch.distributed.run part after ``--`` or None, the script, the script's arguments)."""
-    takes_value = {name: not option.flag for option in OPTIONS for name in option.spellings}
+    takes_value = _takes_value()
     argv = list(argv)
     index = 0
     while index < len(argv):
@@ -192,8 +197,7 @@ def split_command_line(argv: Sequence[str]) -> tuple[list[str], list[str] | None
 
 def _refuse_unknown_options(ours: list[str], prog: str) -> None:
     """An option that is not ours: say where a torch.distributed.run option goes, else point at --help."""
-    takes_value = {name: not option.flag for option in OPTIONS for name in option.spellings}
-    takes_value.update({"-h": False, "--help": False})
+    takes_value = _takes_value()
     index = 0
     while index < len(ours):
         name = ours[index].split("=", 1)[0]
@@ -212,7 +216,7 @@ def parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     ours, tail, script, script_args = split_command_line(argv)
     _refuse_unknown_options(ours, prog)
     parser = build_parser(prog)
-    args = parser.parse_args(ours)  # --help, an unknown option or a missing value: argparse's message, exit 2
+    args = parser.parse_args(ours)  # --help, or an option without its value: argparse's message, exit 2
     args.torchrun_options = []
     if tail is not None:
         parsed = parse_tail(tail, prog)
