@@ -13,7 +13,7 @@ from fabric_lite.trainer import preemption as preempt
 from fabric_lite.trainer.combined_loader import batches
 from fabric_lite.trainer.loops import setup
 from fabric_lite.trainer.loops.validation import run_sanity_check, run_validation
-from fabric_lite.trainer.loops.hooks import call_hook, call_step, finalize_loggers, log_metrics, log_step, on_exception, transfer_batch
+from fabric_lite.trainer.loops.hooks import call_hook, call_step, collect_step, finalize_loggers, log_metrics, log_step, on_exception, transfer_batch
 from fabric_lite.trainer.loops.optimization import automatic_step, update_schedulers
 from fabric_lite.trainer.states import get_rng, set_rng
 from fabric_lite.utilities.rank_zero import rank_zero_warn
@@ -57,9 +57,9 @@ def run_fit(trainer: Trainer, model: LightningModule, train_dataloaders: Any, va
         ckpt_path = preempt.auto_resume_path(trainer)  # a requeued job continues where it was stopped
     if ckpt_path is not None:
         checkpointing.restore(trainer, checkpointing.resolve_ckpt_path(trainer, ckpt_path, "fit"), training=True)
+    hparams = _hparams_to_log(model, trainer.datamodule)
     for logger in trainer.loggers:
-        hparams = dict(model.hparams)
-        if hparams and model.log_hyperparams_at_fit:
+        if hparams:
             logger.log_hyperparams(hparams)
     try:
         call_hook(trainer, "on_fit_start")
@@ -84,6 +84,22 @@ def run_fit(trainer: Trainer, model: LightningModule, train_dataloaders: Any, va
         preempt.requeue(trainer)
     else:
         preempt.discard(trainer)
+
+
+def _hparams_to_log(model: LightningModule, datamodule: LightningDataModule | None) -> dict[str, Any]:
+    """The module's saved hyperparameters and the data module's, merged as Lightning logs them at fit start."""
+    hparams = dict(model.hparams) if getattr(model, "log_hyperparams_at_fit", True) else {}
+    if datamodule is None or not getattr(datamodule, "log_hyperparams_at_fit", True):
+        return hparams
+    data_hparams = dict(getattr(datamodule, "hparams", {}) or {})
+    clashing = sorted(k for k in hparams.keys() & data_hparams.keys() if hparams[k] != data_hparams[k])
+    if clashing:
+        raise ConfigurationError(
+            f"The LightningModule and the LightningDataModule both saved the hyperparameters {clashing} with different "
+            f"values, so the logged hyperparameters would be ambiguous. Fix: rename them in one of the two, or pass "
+            f"logger=False to save_hyperparameters() in one of them."
+        )
+    return {**hparams, **data_hparams}
 
 
 def _can_stop(trainer: Trainer) -> bool:
@@ -175,8 +191,9 @@ def _train_epoch(trainer: Trainer, resume: dict[str, Any] | None) -> None:
         if is_last:
             update_schedulers(trainer, "epoch", plateau=False)
         state.phase = "batch_done"  # a checkpoint written now resumes with this batch's validation still due
+        collected = collect_step(trainer)  # the bar shows this step's values in on_train_batch_end
         call_hook(trainer, "on_train_batch_end", outputs, batch, batch_idx)
-        log_step(trainer)
+        log_step(trainer, collected)
         state.phase = "in_epoch"
         if _should_validate(trainer, batch_idx):
             run_validation(trainer)

@@ -55,20 +55,37 @@ def call_step(trainer: Trainer, name: str, *args: Any) -> Any:
 
 
 def transfer_batch(trainer: Trainer, batch: Any, dataloader_idx: int) -> Any:
-    """on_before_batch_transfer (module, data module), transfer_batch_to_device, on_after_batch_transfer."""
-    module = trainer.lightning_module
-    targets = [module] + ([trainer.datamodule] if trainer.datamodule is not None else [])
-    for target in targets:
-        batch = target.on_before_batch_transfer(batch, dataloader_idx)
-    batch = module.transfer_batch_to_device(batch, trainer.fabric.device, dataloader_idx)
-    for target in targets:
-        batch = target.on_after_batch_transfer(batch, dataloader_idx)
-    return batch
+    """on_before_batch_transfer, transfer_batch_to_device, on_after_batch_transfer, as Lightning calls them.
+
+    Each of the three comes from the data module when it overrides that hook, else from the LightningModule.
+    """
+    module, datamodule = trainer.lightning_module, trainer.datamodule
+
+    def owner(name: str) -> Any:
+        if datamodule is not None:
+            from fabric_lite.trainer.datamodule import LightningDataModule
+
+            own = getattr(type(datamodule), name, None)
+            if own is not None and own is not getattr(LightningDataModule, name, None):
+                return datamodule
+        return module
+
+    batch = owner("on_before_batch_transfer").on_before_batch_transfer(batch, dataloader_idx)
+    batch = owner("transfer_batch_to_device").transfer_batch_to_device(batch, trainer.fabric.device, dataloader_idx)
+    return owner("on_after_batch_transfer").on_after_batch_transfer(batch, dataloader_idx)
 
 
-def log_step(trainer: Trainer) -> None:
+def collect_step(trainer: Trainer) -> dict[str, float]:
+    """This step's fresh values: the progress bar's are shown now (before on_train_batch_end, as in Lightning,
+    where the bar reads the current step); the loggers' are returned for ``log_step``."""
     logged, bar = trainer.state.results.step_values(sync=True)
     trainer.progress_bar_metrics.update(bar)
+    return logged
+
+
+def log_step(trainer: Trainer, collected: Mapping[str, float] | None = None) -> None:
+    """Log this step's values (``collected`` before on_train_batch_end, plus any logged in that hook)."""
+    logged = {**(collected or {}), **collect_step(trainer)}
     if logged and trainer.state.total_batch_idx % trainer.log_every_n_steps == 0:
         log_metrics(trainer, logged)
 
