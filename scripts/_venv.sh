@@ -30,7 +30,7 @@ done
 if [ "$HAVE_META" != "$META" ] || [ "$MISSING" = 1 ]; then
   ALL="$(printf '%s\n' ${EXTRAS//,/ } ${HAVE_EXTRAS//,/ } | sort -u | paste -sd, -)"
   [ "$HAVE_META" = "$META" ] || ALL="$EXTRAS"
-  echo "[setup] installing fabric-lite[$ALL] (editable)"
+  echo "[setup] installing torch-fabric-lite[$ALL] (editable)"
   "$PY" -m pip install -q -e "$ROOT[$ALL]" 2>&1 | grep -v "^WARNING: Location" || true
   "$PY" -c "import fabric_lite" || { echo "[setup] install failed" >&2; exit 1; }
   echo "$META $ALL" > "$STAMP"
