@@ -299,6 +299,16 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
             f"Fix: def configure_optimizers(self): return torch.optim.Adam(self.parameters())."
         )
 
+    def configure_model(self) -> None:
+        """Create layers here to have them made on the device and in the precision's dtype (``fabric.init_module``).
+
+        Called once per stage before the model is set up, after ``setup(stage)``; make it idempotent
+        (``if self.layer is not None: return``), as Lightning asks, since fit then test calls it again.
+        """
+
+    def configure_sharded_model(self) -> None:
+        """Lightning's older name of ``configure_model`` (called too, for modules written before 2.1)."""
+
     def configure_callbacks(self) -> Any:
         """Callbacks the model adds to the Trainer's (replacing any of the same type)."""
         return []

@@ -82,3 +82,38 @@ def test_the_progress_bar_metrics_hold_this_steps_value_in_on_train_batch_end(tm
     for shown, loss in reader.seen:  # before: the previous step's value (and a KeyError at the first batch)
         assert shown == pytest.approx(loss, rel=1e-6)
     assert torch.tensor([s for s, _ in reader.seen]).unique().numel() == 4
+
+
+class BuiltInConfigureModel(Regressor):
+    """Lightning 2.1+'s style: layers made in configure_model, idempotently (fit, then test, call it again)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = None
+        self.calls = 0
+
+    def configure_model(self):
+        self.calls += 1
+        if self.head is not None:
+            return
+        self.head = torch.nn.Linear(1, 1)
+        self.head_dtype = self.head.weight.dtype
+
+    def forward(self, x):
+        return self.head(self.layer(x))
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_loss", torch.nn.functional.mse_loss(self(x), y))
+
+
+@pytest.mark.parametrize("precision, dtype", [("32-true", torch.float32), ("64-true", torch.float64)])
+def test_layers_made_in_configure_model_are_in_the_precisions_dtype_and_trained(tmp_path, precision, dtype):
+    model = BuiltInConfigureModel()
+    trainer = quiet_trainer(tmp_path, max_epochs=1, precision=precision)
+    trainer.fit(model, loader(16, 4))
+    assert model.head_dtype == dtype and model.head.weight.dtype == dtype
+    # configure_optimizers ran after configure_model: the head's parameters are stepped
+    assert model.calls == 1 and trainer.optimizers[0].param_groups[0]["params"][-1] is model.head.bias
+    trainer.test(model, loader(8, 4))
+    assert model.calls == 2 and "test_loss" in trainer.callback_metrics

@@ -103,6 +103,9 @@ def source(trainer: Trainer, hook: str) -> Any:
 def setup_model(trainer: Trainer, model: LightningModule, *, with_optimizers: bool) -> None:
     """Fabric-set-up of the model (once per model) and of the optimizers of ``configure_optimizers``."""
     state = trainer.state
+    with trainer.fabric.init_module():  # layers made in configure_model land on the device, in the precision's dtype
+        call_module(trainer, "configure_sharded_model")
+        call_module(trainer, "configure_model")
     if with_optimizers:
         optimizers, configs = parse_optimizers(call_module(trainer, "configure_optimizers"))
         if not optimizers:
