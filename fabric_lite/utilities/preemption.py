@@ -164,6 +164,9 @@ class Preemption:
             return False
         command = [*self.requeue_command, job]
         self.requeued = True
+        # Said before the command: a successful requeue makes SLURM cancel this step at once, and the SIGTERM
+        # can arrive before a line printed afterwards (seen in the SLURM test under load).
+        _say(f"requeueing SLURM job {job} (`{shlex.join(command)}`)")
         try:
             result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as error:
@@ -174,7 +177,6 @@ class Preemption:
             _say(f"`{shlex.join(command)}` failed with exit code {result.returncode}: {result.stderr.strip()} "
                  f"Fix: check that the job allows requeueing (sbatch --requeue) or requeue it by hand.")
             return False
-        _say(f"requeued SLURM job {job} (`{shlex.join(command)}`)")
         return True
 
     def _requeue_at_exit(self) -> None:

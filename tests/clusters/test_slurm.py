@@ -222,7 +222,7 @@ srun --kill-on-bad-exit=1 {PY} {PREEMPT} {ckpt} {out} --slow-first-attempt
     assert len(stops) == 1, stops
     stop = stops.pop()
     assert 3 <= stop < 60 and sorted(p.name for p in ckpt.iterdir()) == [f"step-{stop}.ckpt"]
-    assert "attempt 0" in log and "attempt 1" in log and f"requeued SLURM job {job}" in log
+    assert "attempt 0" in log and "attempt 1" in log and f"requeueing SLURM job {job}" in log
     assert log.count("received SIGUSR1") == 4  # each rank got the signal itself
     # the requeued run resumed there, and ended where the uninterrupted run ended, bit for bit
     resumed = [json.loads((out / f"attempt1-rank{r}.json").read_text()) for r in range(4)]

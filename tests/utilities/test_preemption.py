@@ -86,7 +86,7 @@ def test_single_process_stops_saves_requeues_and_resumes(sig, tmp_path):
     cmd = [sys.executable, SCRIPT, str(out)]
     stderr = _preempt(cmd, out, env, ranks=1, signal_rank=0, sig=sig)
     assert (tmp_path / "scontrol.log").read_text().splitlines() == ["requeue 4242"]
-    assert "requeued SLURM job 4242 (`scontrol requeue 4242`)" in stderr
+    assert "requeueing SLURM job 4242 (`scontrol requeue 4242`)" in stderr
     _resume(cmd, out, env, ranks=1)
     assert (tmp_path / "scontrol.log").read_text().splitlines() == ["requeue 4242"], "requeued although not preempted"
 
