@@ -54,18 +54,30 @@ class TrainerConfig:
     enable_model_summary: bool = True
     #: the Profiler (``PassThroughProfiler`` for ``profiler=None``); ``trainer.profiler``
     profiler: Any = None
+    #: a time budget for fit (Lightning's: "DD:HH:MM:SS", a timedelta or a dict); a Timer callback enforces it
+    max_time: Any = None
+    #: run every stage under ``torch.autograd.set_detect_anomaly(True)`` (a NaN in backward names its operation)
+    detect_anomaly: bool = False
+    #: give each rank its share of the data (DistributedSampler); False: the loaders are used as given on every rank
+    use_distributed_sampler: bool = True
 
 
 def resolve(given: dict[str, Any], legacy: dict[str, Any]) -> tuple[TrainerConfig, dict[str, Any], list[Callback]]:
     """Check ``given`` (the keywords) and ``legacy`` (older spellings); returns (config, Fabric arguments, extra callbacks)."""
-    # profiler is a current flag that Trainer.__init__ does not list yet: it arrives with the other keywords
-    profiler = resolve_profiler(legacy.pop("profiler", None))
+    profiler = resolve_profiler(given.get("profiler"))
     special = F.translate_legacy(given, legacy, list(given) + ["profiler"])
     g = given
     F.check_values(g)
     accelerator, devices = F.resolve_gpus(special.get("gpus"), bool(special.get("auto_select_gpus", False)),
                                           g["accelerator"], g["devices"])
     extra = _legacy_callbacks(special)
+    for name in ("detect_anomaly", "use_distributed_sampler"):
+        if not isinstance(g[name], bool):
+            raise F.bad(name, g[name], "is not True or False", f"pass {name}=True or {name}=False.")
+    if g["max_time"] is not None:
+        from fabric_lite.trainer.callbacks.timer import Timer
+
+        extra.append(Timer(duration=g["max_time"], interval="step"))  # as Lightning: checked after every step
     asbs = special.get("auto_scale_batch_size")
     if asbs is True:
         asbs = "power"
@@ -103,7 +115,8 @@ def resolve(given: dict[str, Any], legacy: dict[str, Any]) -> tuple[TrainerConfi
         enable_progress_bar=True if g["enable_progress_bar"] is None else bool(g["enable_progress_bar"]),
         auto_scale_batch_size=asbs or None, enable_early_stop=special.get("enable_early_stop"),
         enable_model_summary=True if g["enable_model_summary"] is None else bool(g["enable_model_summary"]),
-        profiler=profiler, **v,
+        profiler=profiler, max_time=g["max_time"], detect_anomaly=g["detect_anomaly"],
+        use_distributed_sampler=g["use_distributed_sampler"], **v,
     )
     if logger is None or logger is True:
         from fabric_lite.loggers import default_logger  # TensorBoard when installed, else CSV (as Lightning)

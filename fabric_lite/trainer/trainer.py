@@ -76,6 +76,10 @@ class Trainer:
         benchmark: bool | None = None,
         inference_mode: bool = True,
         default_root_dir: str | os.PathLike[str] | None = None,
+        profiler: Any = None,
+        max_time: Any = None,
+        detect_anomaly: bool = False,
+        use_distributed_sampler: bool = True,
         **legacy: Any,
     ) -> None:
         given = dict(locals())

@@ -109,7 +109,7 @@ def test_advanced_profiler_by_name_logs_its_report(tmp_path, fabric_log):
 
 
 def test_pytorch_profiler_writes_a_chrome_trace_and_a_table(tmp_path, fabric_log):
-    trainer = quiet_trainer(tmp_path, max_epochs=1, profiler=PyTorchProfiler(dirpath=tmp_path / "trace", row_limit=10))
+    trainer = quiet_trainer(tmp_path, max_epochs=1, profiler=PyTorchProfiler(dirpath=tmp_path / "trace", row_limit=40))
     trainer.fit(Regressor(), loader(8, 4))
     trace = tmp_path / "trace" / "fit.pt.trace.json"
     assert trainer.profiler.trace_path == str(trace)
@@ -120,6 +120,7 @@ def test_pytorch_profiler_writes_a_chrome_trace_and_a_table(tmp_path, fabric_log
     steps = [e for e in events if e.get("name") == "training_step" and e.get("ph") == "X"]
     assert len(steps) == 2, steps
     report = fabric_log.getvalue()
+    # 40 rows: with 10 the top rows by CPU total can all be the Trainer's own actions (seen once), leaving no aten op
     assert "FIT Profiler Report" in report and "Self CPU" in report and "aten::" in report, report[:2000]
     # by name: the default place is the Trainer's log_dir (default_root_dir without a logger)
     trainer = quiet_trainer(tmp_path / "named", max_epochs=1, profiler="pytorch")

@@ -74,14 +74,16 @@ def _launch(trainer: Trainer, run: Callable[..., Any], model: Any, *args: Any) -
             model.load_state_dict(weights)  # the parent's copy gets the trained weights, as Lightning does
         return result
     trainer.fabric.launch()
-    return run(trainer, *args)
+    with torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
+        return run(trainer, *args)
 
 
 def _run_spawned(fabric: Fabric, trainer: Trainer, run: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     """The function each spawned process runs: the loop, then rank 0's result and weights for the parent."""
     trainer.fabric = fabric
     trainer.state.results = Results(fabric, trainer.state.callback_metrics)
-    result = run(trainer, *args)
+    with torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
+        result = run(trainer, *args)
     model = trainer.lightning_module
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()} if model is not None else None
     buffer = io.BytesIO()

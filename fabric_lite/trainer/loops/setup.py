@@ -170,7 +170,8 @@ def setup_loader(trainer: Trainer, loader: Any, *, train: bool) -> Any:
     # Evaluation splits without padding so that each sample counts once, except where a forward pass is
     # itself a collective (sharded parameters): there every rank must run the same number of batches.
     even = train or trainer.fabric.strategy.collective_forward
-    return trainer.fabric.setup_dataloaders(loader, move_to_device=False, even_batches=even)
+    return trainer.fabric.setup_dataloaders(loader, move_to_device=False, even_batches=even,
+                                            use_distributed_sampler=trainer.use_distributed_sampler)
 
 
 def setup_train_data(trainer: Trainer, loaders: Any) -> tuple[Any, Any]:
