@@ -34,8 +34,11 @@ def automatic_step(trainer: Trainer, batch: Any, batch_idx: int, is_last: bool) 
         return call_step(trainer, "training_step", batch, batch_idx)
     accumulate = trainer.accumulate_grad_batches
     boundary = (batch_idx + 1) % accumulate == 0 or is_last
-    closure = TrainingClosure(trainer, batch, batch_idx, optimizer, boundary)
-    if not boundary:
+    engine = engine_accumulates(trainer)
+    # Under DeepSpeed the engine accumulates (its gradient_accumulation_steps is the Trainer's accumulate_grad_batches):
+    # every batch goes through optimizer_step, the engine divides the loss and updates on its boundary only (as Lightning).
+    closure = TrainingClosure(trainer, batch, batch_idx, optimizer, boundary or engine)
+    if not boundary and not engine:
         with trainer.fabric.no_backward_sync(fabric_model, enabled=trainer.world_size > 1):
             closure()
         return closure.outputs
@@ -47,9 +50,15 @@ def automatic_step(trainer: Trainer, batch: Any, batch_idx: int, is_last: bool) 
             f"and backward did not run for batch {batch_idx}. Fix: call optimizer.step(closure=optimizer_closure) "
             f"(or optimizer_closure() before optimizer.step()) in your optimizer_step."
         )
-    after_optimizer_step(trainer)
-    state.needs_zero_grad = True
+    if boundary:
+        after_optimizer_step(trainer)
+        state.needs_zero_grad = True
     return closure.outputs
+
+
+def engine_accumulates(trainer: Trainer) -> bool:
+    """Whether the strategy's engine does gradient accumulation itself (DeepSpeed), rather than the loop."""
+    return getattr(trainer.fabric.strategy, "name", None) == "deepspeed" and trainer.accumulate_grad_batches > 1
 
 
 class TrainingClosure:
@@ -78,7 +87,7 @@ class TrainingClosure:
             state.needs_zero_grad = False
         scaled = None
         if loss is not None:
-            scaled = loss / accumulate if accumulate > 1 else loss
+            scaled = loss / accumulate if accumulate > 1 and not engine_accumulates(trainer) else loss
             call_hook(trainer, "on_before_backward", scaled)
             model.backward(scaled)
             call_hook(trainer, "on_after_backward")

@@ -121,6 +121,7 @@ def setup_model(trainer: Trainer, model: LightningModule, *, with_optimizers: bo
     if state.setup_for is not model:
         if optimizers:
             _clipping_into_deepspeed(trainer)
+            _accumulation_into_deepspeed(trainer)
         set_up = trainer.fabric.setup(model, *optimizers)
         fabric_model, fabric_optimizers = (set_up, []) if not optimizers else (set_up[0], list(set_up[1:]))
         for name in STEP_METHODS:
@@ -157,6 +158,30 @@ def _clipping_into_deepspeed(trainer: Trainer) -> None:
     user_config = options.config or {}
     if options.gradient_clipping is None and "gradient_clipping" not in user_config:
         strategy.options = dataclasses.replace(options, gradient_clipping=float(trainer.gradient_clip_val))
+
+
+def _accumulation_into_deepspeed(trainer: Trainer) -> None:
+    """Under DeepSpeed the engine accumulates: ``accumulate_grad_batches`` becomes its ``gradient_accumulation_steps``.
+
+    ZeRO reduces gradients inside every backward; two backward passes before one engine step at stage 1-2 kept only
+    the last micro-batch's gradients (a silently different run). As in Lightning, the engine is told the count and
+    the loop steps it on every batch (``loops/optimization.py``).
+    """
+    import dataclasses
+
+    strategy = trainer.fabric.strategy
+    accumulate = trainer.accumulate_grad_batches
+    if getattr(strategy, "name", None) != "deepspeed" or accumulate == 1:
+        return
+    options = strategy.options
+    given = options.gradient_accumulation_steps or (options.config or {}).get("gradient_accumulation_steps")
+    if given is not None and int(given) != accumulate:
+        raise ConfigurationError(
+            f"Trainer(accumulate_grad_batches={accumulate}) and the DeepSpeed gradient_accumulation_steps={given} "
+            f"disagree, so it is unclear how many batches make one update. Fix: set one of them only (or both equal)."
+        )
+    if given is None:
+        strategy.options = dataclasses.replace(options, gradient_accumulation_steps=accumulate)
 
 
 def setup_loader(trainer: Trainer, loader: Any, *, train: bool) -> Any:
