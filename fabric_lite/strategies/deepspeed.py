@@ -135,6 +135,7 @@ class DeepSpeedStrategy(ParallelStrategy):
             self.options.check_precision(self.precision.name, self.accelerator.name)
         self._engines: list[DeepSpeedEngine] = []
         self._trained: set[int] = set()  # ids of engines set up with an optimizer
+        self._backward_pending: set[int] = set()  # ids of engines with a backward not yet followed by optimizer.step()
         self._micro_batch_size: int | None = None  # from the first dataloader, when it comes before the model
 
     # ------------------------------------------------------------------ options
@@ -276,7 +277,19 @@ class DeepSpeedStrategy(ParallelStrategy):
                 "fabric.backward(loss) was called on a model set up without an optimizer (fabric.setup_module), "
                 "which DeepSpeed builds for inference only. Fix: fabric.setup(model, optimizer)."
             )
+        if id(engine) in self._backward_pending and self.zero_stage in (1, 2):
+            # ZeRO 1-2 reduce the gradients into their partitions inside backward, keyed on the engine's own
+            # micro-step count, which only optimizer.step() advances: a second backward before it silently
+            # overwrites or misplaces the first one's gradients (seen: different weights than plain PyTorch).
+            raise UsageError(
+                f"fabric.backward(loss) was called twice without optimizer.step() in between, which ZeRO stage "
+                f"{self.zero_stage} cannot accumulate (it would keep a different set of gradients than plain PyTorch). "
+                f"Fix: DeepSpeedStrategy(gradient_accumulation_steps=N) and call fabric.backward(loss) and "
+                f"optimizer.step() on every micro-batch (the engine updates on every N-th), or sum the losses and "
+                f"call fabric.backward once."
+            )
         engine.backward(tensor, *args, **kwargs)
+        self._backward_pending.add(id(engine))
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         if kwargs.get("closure") is not None:
@@ -285,7 +298,9 @@ class DeepSpeedStrategy(ParallelStrategy):
                 "the loss. Fix: call optimizer.step() after fabric.backward(loss)."
             )
         # Only on an accumulation boundary does this update; it also zeroes the gradients.
-        self._engine_for(optimizer=optimizer, asked="optimizer.step()").step()
+        engine = self._engine_for(optimizer=optimizer, asked="optimizer.step()")
+        engine.step()
+        self._backward_pending.discard(id(engine))
         return None
 
     def clip_gradients_norm(
