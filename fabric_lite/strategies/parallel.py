@@ -277,11 +277,7 @@ def check_timeout(timeout: Any, owner: str) -> timedelta:
 
 
 #: How long the store's host waits at exit for the other ranks to tear down (a crashed peer never does).
-# The host waits at exit for the other ranks to have torn down their groups. 5 s was too short on
-# a loaded 2-core CI host: a slower rank still tearing down when the host (and its store) left aborted with
-# "terminate called without an active exception" (3 times in 2 clean-clone runs). Only a rank that never reaches
-# its exit handler (killed, os._exit) makes the host wait this long; after an uncaught exception it does not wait.
-EXIT_WAIT = timedelta(seconds=30)
+EXIT_WAIT = timedelta(seconds=5)
 
 
 def _leave_process_group(store: dist.Store, rank: int, world_size: int, hosts_store: bool) -> None:
