@@ -23,7 +23,7 @@ from fabric_lite.errors import ConfigurationError, FabricEnvironmentError
 from fabric_lite.precision.base import Precision
 from fabric_lite.strategies.base import Strategy
 from fabric_lite.utilities import distributed as collectives
-from fabric_lite.utilities import hang
+from fabric_lite.utilities import gloo_exit, hang
 
 #: How the processes are made: "popen" re-runs the script per rank, the others are torch.multiprocessing's.
 StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
@@ -282,6 +282,8 @@ EXIT_WAIT = timedelta(seconds=5)
 
 def _leave_process_group(store: dist.Store, rank: int, world_size: int, hosts_store: bool) -> None:
     """At exit: tear this rank's group down, say so in the store; the store's host waits for everyone's word."""
+    # First let gloo's workers drop their last works while the interpreter can still give them the GIL.
+    gloo_exit.drain_workers()
     if collectives.is_initialized():
         try:
             dist.destroy_process_group()
