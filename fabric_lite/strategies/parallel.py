@@ -192,7 +192,8 @@ class ParallelStrategy(Strategy):
             # static destruction, where gloo's worker threads are still joinable: std::terminate, SIGABRT, in about
             # 1 of 5 successful 2-rank runs (tests/strategies/test_ddp.py::test_a_run_that_ends_in_a_collective_exits_cleanly).
             # NCCL also warns when the group outlives main. The rank that hosts the store waits (briefly) until
-            # the others have torn down: their groups still talk to the store while they do.
+            # the others have torn down: their groups still talk to the store while they do. Before any of
+            # that, gloo's worker threads are let finish their last works (utilities/gloo_exit.py).
             hosts_store = self.global_rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True)
             atexit.register(_leave_process_group, store, self.global_rank, self.world_size, hosts_store)
             # A collective that times out prints every rank's stack before the job goes (utilities/hang.py).
