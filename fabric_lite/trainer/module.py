@@ -7,9 +7,8 @@ goes through the Trainer's public :class:`~fabric_lite.Fabric`.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 import torch
@@ -18,17 +17,16 @@ from torch import nn
 from fabric_lite.errors import CheckpointError, ConfigurationError, UsageError
 from fabric_lite.trainer.hooks import ModelHooks
 from fabric_lite.trainer.hparams import AttributeDict, HyperparametersMixin, restricted_classmethod
-from fabric_lite.trainer.loops import hooks as loop_hooks
-from fabric_lite.trainer.loops.optimization import inner_optimizer, lightning_optimizers
+from fabric_lite.trainer.module_logging import LoggingMixin
+from fabric_lite.trainer.module_optimization import OptimizationMixin
 from fabric_lite.utilities.apply_func import move_data_to_device
-from fabric_lite.wrappers import unwrap
 
 if TYPE_CHECKING:
     from fabric_lite.fabric import Fabric
     from fabric_lite.trainer.trainer import Trainer
 
 
-class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
+class LightningModule(LoggingMixin, OptimizationMixin, HyperparametersMixin, ModelHooks, nn.Module):
     """Base class of a model run by :class:`~fabric_lite.trainer.Trainer`.
 
     Override ``training_step`` and ``configure_optimizers`` (plus ``validation_step``, ``test_step``,
@@ -187,87 +185,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
         """Called when fit / validate / test / predict ends with an exception (Ctrl-C included), after the callbacks'."""
 
     # ------------------------------------------------------------------------------ logging
-    def log(
-        self,
-        name: str,
-        value: Any,
-        prog_bar: bool = False,
-        logger: bool | None = None,
-        on_step: bool | None = None,
-        on_epoch: bool | None = None,
-        reduce_fx: Any = "mean",
-        enable_graph: bool = False,
-        sync_dist: bool = False,
-        sync_dist_group: Any = None,
-        add_dataloader_idx: bool = True,
-        batch_size: int | None = None,
-        metric_attribute: str | None = None,
-        rank_zero_only: bool = False,
-        **unknown: Any,
-    ) -> None:
-        """Record a metric: per step (``on_step``), reduced over the epoch (``on_epoch``, weighted by ``batch_size``).
-
-        Lightning 2.x's signature. ``value`` is a number, a one-element tensor or a ``torchmetrics.Metric``
-        (its forward value per step; ``compute()`` at the epoch end, then ``reset()``; the metric syncs
-        itself across processes). Defaults follow Lightning: ``training_step`` logs per step, evaluation steps
-        and epoch-end hooks per epoch. ``sync_dist=True`` reduces numbers across processes (epoch values:
-        sums of value x batch size and of batch sizes, so each sample counts once). ``rank_zero_only=True``:
-        a value only rank 0 logs, never synced. ``enable_graph``, ``sync_dist_group`` are accepted for compatibility
-        (values are detached; sync uses the whole world). A metric object must be an attribute of the module
-        (as in Lightning), or ``metric_attribute`` names where it is. Outside a run the
-        call does nothing. An unknown keyword raises TypeError listing the valid ones.
-        """
-        if unknown:
-            valid = ("name", "value", "prog_bar", "logger", "on_step", "on_epoch", "reduce_fx", "enable_graph", "sync_dist",
-                     "sync_dist_group", "add_dataloader_idx", "batch_size", "metric_attribute", "rank_zero_only")
-            raise TypeError(
-                f"self.log({name!r}, ...) got unknown keyword argument(s) {', '.join(map(repr, sorted(unknown)))}. "
-                f"Fix: use only Lightning's arguments: {', '.join(valid)}."
-            )
-        if self._trainer is None:
-            return
-        self._trainer.state.results.log(
-            name, value, prog_bar=prog_bar, logger=True if logger is None else logger, on_step=on_step, on_epoch=on_epoch,
-            reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size, add_dataloader_idx=add_dataloader_idx,
-            rank_zero_only=rank_zero_only, metric_attribute=metric_attribute,
-        )
-
-    def log_dict(
-        self,
-        dictionary: Any,
-        prog_bar: bool = False,
-        logger: bool | None = None,
-        on_step: bool | None = None,
-        on_epoch: bool | None = None,
-        reduce_fx: Any = "mean",
-        enable_graph: bool = False,
-        sync_dist: bool = False,
-        sync_dist_group: Any = None,
-        add_dataloader_idx: bool = True,
-        batch_size: int | None = None,
-        rank_zero_only: bool = False,
-        **unknown: Any,
-    ) -> None:
-        """``self.log`` for each item of ``dictionary`` (a mapping or a ``torchmetrics.MetricCollection``) with the same options."""
-        if unknown:
-            valid = ("dictionary", "prog_bar", "logger", "on_step", "on_epoch", "reduce_fx", "enable_graph", "sync_dist",
-                     "sync_dist_group", "add_dataloader_idx", "batch_size", "rank_zero_only")
-            raise TypeError(
-                f"self.log_dict(...) got unknown keyword argument(s) {', '.join(map(repr, sorted(unknown)))}. "
-                f"Fix: use only Lightning's arguments: {', '.join(valid)}."
-            )
-        import sys
-
-        torchmetrics = sys.modules.get("torchmetrics")  # a MetricCollection exists only if torchmetrics was imported
-        if torchmetrics is not None and isinstance(dictionary, torchmetrics.MetricCollection):
-            # the member metrics themselves (not copies), so that compute / reset act on the state they accumulate
-            items = list(dictionary.items(keep_base=False, copy_state=False))
-        else:
-            items = list(dictionary.items())
-        for name, value in items:
-            self.log(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch, reduce_fx=reduce_fx,
-                     enable_graph=enable_graph, sync_dist=sync_dist, sync_dist_group=sync_dist_group,
-                     add_dataloader_idx=add_dataloader_idx, batch_size=batch_size, rank_zero_only=rank_zero_only)
+    # log, log_dict: LoggingMixin (module_logging.py)
 
     # ------------------------------------------------------------------------------ the six sections
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -324,118 +242,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
         return batch
 
     # ------------------------------------------------------------------------------ optimisation
-    def optimizers(self, use_pl_optimizer: bool = True) -> Any:
-        """The set-up optimizer(s): one object, or a list when there are several.
-
-        Each is a ``torch.optim.Optimizer`` (``isinstance`` holds for its own class too) whose ``step(closure)``
-        runs the closure, the ``on_before_optimizer_step`` hooks and the step through Fabric, and counts a
-        ``global_step`` under manual optimisation. ``use_pl_optimizer=False``: the Fabric-set-up optimizers.
-        """
-        optimizers = lightning_optimizers(self.trainer) if use_pl_optimizer else list(self.trainer.optimizers)
-        return optimizers[0] if len(optimizers) == 1 else optimizers
-
-    def lr_schedulers(self) -> Any:
-        """The scheduler(s) from ``configure_optimizers``: None, one, or a list."""
-        schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
-        if not schedulers:
-            return None
-        return schedulers[0] if len(schedulers) == 1 else schedulers
-
-    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """Use instead of ``loss.backward()`` under manual optimisation (scaling, strategy hooks, backward hooks)."""
-        trainer = self.trainer
-        loop_hooks.call_hook(trainer, "on_before_backward", loss)
-        trainer.fabric.backward(loss, *args, model=trainer.model, **kwargs)
-        loop_hooks.call_hook(trainer, "on_after_backward")
-
-    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """Called by the Trainer under automatic optimisation; override to customise."""
-        self.trainer.fabric.backward(loss, *args, model=self.trainer.model, **kwargs)
-
-    def toggle_optimizer(self, optimizer: Any) -> None:
-        """Freeze (``requires_grad=False``) every parameter that belongs only to the other optimizers."""
-        own = {id(p) for group in unwrap(inner_optimizer(optimizer)).param_groups for p in group["params"]}
-        if self._toggled is None:
-            self._toggled = {}
-        for other in self.trainer.optimizers:
-            for group in unwrap(other).param_groups:
-                for parameter in group["params"]:
-                    if id(parameter) in own:
-                        continue
-                    self._toggled.setdefault(parameter, parameter.requires_grad)
-                    parameter.requires_grad = False
-        for group in unwrap(inner_optimizer(optimizer)).param_groups:
-            for parameter in group["params"]:
-                if parameter in self._toggled:
-                    parameter.requires_grad = self._toggled.pop(parameter)
-
-    def untoggle_optimizer(self, optimizer: Any = None) -> None:
-        """Restore ``requires_grad`` of the parameters that :meth:`toggle_optimizer` froze."""
-        for parameter, requires_grad in (self._toggled or {}).items():
-            parameter.requires_grad = requires_grad
-        self._toggled = None
-
-    @contextlib.contextmanager
-    def toggled_optimizer(self, optimizer: Any) -> Generator[None, None, None]:
-        """``toggle_optimizer`` for the block, ``untoggle_optimizer`` after it."""
-        self.toggle_optimizer(optimizer)
-        try:
-            yield
-        finally:
-            self.untoggle_optimizer(optimizer)
-
-    def clip_gradients(
-        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
-    ) -> None:
-        """Clip the gradients of the module by norm (default) or by value, through ``fabric.clip_gradients``."""
-        if not gradient_clip_val:
-            return
-        algorithm = gradient_clip_algorithm or "norm"
-        fabric, model = self.trainer.fabric, self.trainer.model
-        if getattr(fabric.strategy, "name", None) == "deepspeed" and algorithm == "norm":
-            return  # the engine clips inside its step (the Trainer put gradient_clip_val into its config)
-        if algorithm == "value":
-            fabric.clip_gradients(model, inner_optimizer(optimizer), clip_val=gradient_clip_val)
-        elif algorithm == "norm":
-            fabric.clip_gradients(model, inner_optimizer(optimizer), max_norm=gradient_clip_val, error_if_nonfinite=False)
-        else:
-            raise ConfigurationError(
-                f"clip_gradients(gradient_clip_algorithm={algorithm!r}) is not a known algorithm. Choose one of: norm, value."
-            )
-
-    def configure_gradient_clipping(
-        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
-    ) -> None:
-        """Called before each optimizer step with the Trainer's clipping settings; override to customise."""
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
-        """Zero the gradients (at the first batch of each accumulation window); override to customise."""
-        optimizer.zero_grad()
-
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        """Step ``optimizer`` with ``optimizer_closure`` (training_step, zero_grad, backward, pre-step hooks, clipping).
-
-        Override it as Lightning's docs do, e.g. for a learning-rate warm-up::
-
-            def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
-                optimizer.step(closure=optimizer_closure)
-                if self.trainer.global_step < 500:
-                    for pg in optimizer.param_groups:
-                        pg["lr"] = min(1.0, (self.trainer.global_step + 1) / 500) * self.hparams.lr
-
-        The closure must run once (through ``optimizer.step(closure=...)`` or by calling it).
-        """
-        optimizer.step(closure=optimizer_closure)
-
-    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
-        """Step one scheduler of ``configure_optimizers`` when its interval is due; override for schedulers that are not
-        torch's (e.g. ``scheduler.step(epoch=self.current_epoch)`` for timm's). ``metric`` is the monitored value of a
-        ReduceLROnPlateau, else None."""
-        if metric is None:
-            scheduler.step()
-        else:
-            scheduler.step(metric)
+    # optimizers, lr_schedulers, manual_backward, backward, toggle_optimizer / untoggle_optimizer / toggled_optimizer,
+    # clip_gradients, configure_gradient_clipping, optimizer_zero_grad, optimizer_step, lr_scheduler_step:
+    # OptimizationMixin (module_optimization.py)
 
     # ------------------------------------------------------------------------------ utilities
     def freeze(self) -> None:
