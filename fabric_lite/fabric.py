@@ -2,12 +2,13 @@
 
 Names and signatures follow Lightning Fabric (``lightning.fabric.Fabric``) so that a script moves
 over with an import swap. Fabric never branches on a concrete strategy type: it asks the strategy.
+The callback and logger methods are its base class's (``fabric_logging.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -20,15 +21,14 @@ from fabric_lite import validation
 from fabric_lite.accelerators import Accelerator
 from fabric_lite.build import instantiate, make_launcher
 from fabric_lite.checkpoint import orchestrate
+from fabric_lite.fabric_logging import CallbacksAndLoggersMixin
 from fabric_lite.launchers.base import Launcher
 from fabric_lite.plan import Plan, resolve
 from fabric_lite.precision.base import Precision
 from fabric_lite.strategies.base import Strategy, validate_reduce_op
-from fabric_lite.utilities.apply_func import (
-    apply_to_collection, convert_tensors_to_scalars, convert_to_tensors, move_data_to_device,
-)
+from fabric_lite.utilities.apply_func import move_data_to_device
+from fabric_lite.utilities.collective_data import gather_collection, rank_zero_first, reduce_collection
 from fabric_lite.utilities.distributed import any_rank
-from fabric_lite.utilities.hooks import call_hooks
 from fabric_lite.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from fabric_lite.utilities.seed import seed_everything as seed_processes
 from fabric_lite.wrappers import (
@@ -45,7 +45,7 @@ def _as_list(value: Any) -> list[Any]:
     return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-class Fabric:
+class Fabric(CallbacksAndLoggersMixin):
     """Accelerate a raw PyTorch loop: devices, precision, strategies and launching from one object.
 
     Args:
@@ -135,17 +135,6 @@ class Fabric:
     @property
     def is_global_zero(self) -> bool:
         return self._strategy.is_global_zero
-
-    @property
-    def loggers(self) -> list[Any]:
-        return self._loggers
-
-    @property
-    def logger(self) -> Any:
-        """The first logger (the main one)."""
-        if not self._loggers:
-            raise validation.no_logger_error()
-        return self._loggers[0]
 
     # ------------------------------------------------------------------------------ launching
     def launch(self, function: Callable[..., Any] = _do_nothing, *args: Any, **kwargs: Any) -> Any:
@@ -283,12 +272,7 @@ class Fabric:
         return self._strategy.broadcast(obj, src=src)
 
     def all_gather(
-        self,
-        data: Any,
-        group: Any | None = None,
-        sync_grads: bool = False,
-        *,
-        same_shape: bool = False,
+        self, data: Any, group: Any | None = None, sync_grads: bool = False, *, same_shape: bool = False,
         stacked: bool = False,
     ) -> Any:
         """Gather tensors (or numbers, or collections of them) from every rank.
@@ -311,22 +295,15 @@ class Fabric:
             >>> fabric.all_gather({"x": torch.tensor([1.0, 2.0])}, stacked=True)["x"].shape
             torch.Size([1, 2])
         """
-        data = convert_to_tensors(data, device=self.device)
-        # The strategy always stacks (its contract); in one process Fabric takes the one slice back out.
-        unstack = not stacked and self.world_size == 1
-        gather = self._strategy.all_gather
-
-        def one(tensor: torch.Tensor) -> torch.Tensor:
-            gathered = gather(tensor, group=group, sync_grads=sync_grads, same_shape=same_shape)
-            return gathered[0] if unstack else gathered
-
-        return apply_to_collection(data, torch.Tensor, one)
+        return gather_collection(
+            self._strategy, data, device=self.device, group=group, sync_grads=sync_grads, same_shape=same_shape,
+            stacked=stacked,
+        )
 
     def all_reduce(self, data: Any, group: Any | None = None, reduce_op: str | Any = "mean") -> Any:
         """Reduce tensors (or numbers, or collections) across ranks with ``sum``, ``mean``, ``max`` or ``min``."""
         validate_reduce_op(reduce_op)
-        data = convert_to_tensors(data, device=self.device)
-        return apply_to_collection(data, torch.Tensor, self._strategy.all_reduce, group=group, reduce_op=reduce_op)
+        return reduce_collection(self._strategy, data, device=self.device, group=group, reduce_op=reduce_op)
 
     def should_stop(self) -> bool:
         """Whether any rank received a preemption signal (``Fabric(plugins=[Preemption()])``); the same answer on every rank.
@@ -344,15 +321,9 @@ class Fabric:
             return False
         return self._preemption.agree(any_rank(self._preemption.flag, self._strategy))
 
-    @contextlib.contextmanager
-    def rank_zero_first(self, local: bool = False) -> Generator[None, None, None]:
+    def rank_zero_first(self, local: bool = False) -> ContextManager[None]:
         """Run the block on rank 0 (of the machine if ``local``) first, then on the others, e.g. to download data once."""
-        rank = self.local_rank if local else self.global_rank
-        if rank > 0:
-            self.barrier("rank_zero_first")
-        yield
-        if rank == 0:
-            self.barrier("rank_zero_first")
+        return rank_zero_first(self.local_rank if local else self.global_rank, self.barrier)
 
     def no_backward_sync(self, module: FabricModule, enabled: bool = True) -> ContextManager[Any]:
         """Skip gradient synchronisation inside the block (gradient accumulation); a no-op in one process."""
@@ -403,21 +374,7 @@ class Fabric:
         """Load a bare state dict (as written by ``torch.save(model.state_dict())``) into a module or optimizer."""
         orchestrate.load_raw(self._strategy, path, obj, strict=strict, weights_only=weights_only)
 
-    # ------------------------------------------------------------------------------ callbacks, logging
-    def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
-        """Call ``hook_name(*args, **kwargs)`` on every callback that defines it."""
-        call_hooks(self._callbacks, hook_name, *args, **kwargs)
-
-    def log(self, name: str, value: Any, step: int | None = None) -> None:
-        """Log one scalar (number or one-element tensor) to every logger."""
-        self.log_dict({name: value}, step=step)
-
-    def log_dict(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log several scalars to every logger."""
-        scalars = convert_tensors_to_scalars(dict(metrics))
-        for logger in self._loggers:
-            logger.log_metrics(metrics=scalars, step=step)
-
+    # ------------------------------------------------------------------------------ seeding
     @staticmethod
     def seed_everything(seed: int | None = None, workers: bool | None = None, verbose: bool = True) -> int:
         """Seed Python, NumPy and torch; ``workers=True`` also seeds dataloader workers distinctly."""
