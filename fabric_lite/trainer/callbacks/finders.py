@@ -27,6 +27,16 @@ def _raw_loader(loader: Any) -> Any:
     return getattr(loader, "dataloader", loader)
 
 
+def _keep_settings(finder: Callback, name: str, modes: tuple[str, ...], **settings: Any) -> None:
+    """What both finders' ``__init__`` do with their arguments: refuse a ``mode`` not in ``modes`` (the error names
+    ``name(mode=...)``), then keep every setting as ``finder._<setting>`` (``finder._mode``, ``finder._min_lr``, ...)."""
+    mode = settings["mode"]
+    if mode not in modes:
+        raise choices_error(asked=f"{name}(mode={mode!r})", kind="mode", choices=modes)
+    for key, value in settings.items():
+        setattr(finder, f"_{key}", value)
+
+
 class LearningRateFinder(Callback):
     """Run the learning-rate range test when ``fit`` starts and train with its suggestion.
 
@@ -46,15 +56,9 @@ class LearningRateFinder(Callback):
 
     def __init__(self, min_lr: float = 1e-8, max_lr: float = 1, num_training_steps: int = 100, mode: str = "exponential",
                  early_stop_threshold: float | None = 4.0, update_attr: bool = True, attr_name: str = "") -> None:
-        if mode not in LR_MODES:
-            raise choices_error(asked=f"LearningRateFinder(mode={mode!r})", kind="mode", choices=LR_MODES)
-        self._min_lr = min_lr
-        self._max_lr = max_lr
-        self._num_training_steps = num_training_steps
-        self._mode = mode
-        self._early_stop_threshold = early_stop_threshold
-        self._update_attr = update_attr
-        self._attr_name = attr_name
+        _keep_settings(self, "LearningRateFinder", LR_MODES, min_lr=min_lr, max_lr=max_lr,
+                       num_training_steps=num_training_steps, mode=mode, early_stop_threshold=early_stop_threshold,
+                       update_attr=update_attr, attr_name=attr_name)
         self.optimal_lr: LRFinder | None = None
 
     def lr_find(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -92,13 +96,8 @@ class BatchSizeFinder(Callback):
 
     def __init__(self, mode: str = "power", steps_per_trial: int = 3, init_val: int = 2, max_trials: int = 25,
                  batch_arg_name: str = "batch_size") -> None:
-        if mode not in BATCH_SIZE_MODES:
-            raise choices_error(asked=f"BatchSizeFinder(mode={mode!r})", kind="mode", choices=BATCH_SIZE_MODES)
-        self._mode = mode
-        self._steps_per_trial = steps_per_trial
-        self._init_val = init_val
-        self._max_trials = max_trials
-        self._batch_arg_name = batch_arg_name
+        _keep_settings(self, "BatchSizeFinder", BATCH_SIZE_MODES, mode=mode, steps_per_trial=steps_per_trial,
+                       init_val=init_val, max_trials=max_trials, batch_arg_name=batch_arg_name)
         self.optimal_batch_size: int | None = init_val
 
     def scale_batch_size(self, trainer: Trainer, pl_module: LightningModule) -> None:
