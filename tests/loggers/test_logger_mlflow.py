@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
 import sys
-import textwrap
 from argparse import Namespace
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from logger_helpers import TinyModule, run_as_rank_1, tiny_data
 
 from fabric_lite import Fabric
 from fabric_lite.errors import ConfigurationError, MissingPackageError
 from fabric_lite.loggers import Logger, MLFlowLogger
-from fabric_lite.trainer import LightningModule, Trainer
+from fabric_lite.trainer import Trainer
 from fabric_lite.trainer.callbacks import ModelCheckpoint
 
 pytest.importorskip("mlflow", reason="MLFlowLogger needs mlflow or mlflow-skinny (extra: mlflow)")
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -110,27 +105,6 @@ def test_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         MLFlowLogger(save_dir=tmp_path)
 
 
-class TinyModule(LightningModule):
-    def __init__(self, lr: float = 0.1) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.layer = nn.Linear(4, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.mse_loss(self.layer(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
-
-
-def tiny_data() -> DataLoader:
-    x = torch.rand(8, 4)
-    return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
-
-
 def test_under_the_trainer_with_checkpoints_as_artifacts(tmp_path: Path) -> None:
     uri = f"file:{tmp_path / 'mlruns'}"
     logger = MLFlowLogger(tracking_uri=uri, log_model=True)
@@ -171,10 +145,6 @@ def test_rank_nonzero_writes_nothing(tmp_path: Path) -> None:
         logger.finalize("success")
         print("mlflow imported:", "mlflow" in sys.modules)
     """
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "SLURM_PROCID", "MLFLOW_TRACKING_URI")}
-    env.update(RANK="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
+    result = run_as_rank_1(code, unset=("MLFLOW_TRACKING_URI",))  # asserts that it exits 0
     assert "mlflow imported: False" in result.stdout
     assert list(tmp_path.iterdir()) == []

@@ -8,28 +8,24 @@ wandb 0.2x+ has no Python reader for offline runs, so ``read_run`` below decodes
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import struct
-import subprocess
 import sys
-import textwrap
 from argparse import Namespace
 from pathlib import Path
 
+import logger_helpers
 import pytest
 import torch
-from torch import nn
+from logger_helpers import run_as_rank_1
 from torch.utils.data import DataLoader, TensorDataset
 
 from fabric_lite import Fabric
 from fabric_lite.errors import ConfigurationError, MissingPackageError
 from fabric_lite.loggers import Logger, WandbLogger
-from fabric_lite.trainer import LightningModule, Trainer
+from fabric_lite.trainer import Trainer
 
 wandb = pytest.importorskip("wandb", reason="WandbLogger needs wandb (extra: wandb)")
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def fast_settings():
@@ -130,21 +126,11 @@ def test_offline_run_round_trip(tmp_path: Path) -> None:
     assert all((files / name).is_file() for name in images["train-samples/filenames"])
 
 
-class TinyModule(LightningModule):
-    def __init__(self, lr: float = 0.1) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.layer = nn.Linear(4, 1)
-
+class TinyModule(logger_helpers.TinyModule):
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.mse_loss(self.layer(x), y)
-        self.log("train_loss", loss)
+        loss = super().training_step(batch, batch_idx)  # logs train_loss
         self.logger.experiment.log({"custom": float(batch_idx)})  # the wandb run, as in Lightning's examples
         return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
 def test_under_the_trainer_then_fabric(tmp_path: Path) -> None:
@@ -192,10 +178,6 @@ def test_rank_nonzero_starts_no_run_and_writes_nothing(tmp_path: Path) -> None:
         logger.finalize("success")
         print("wandb imported:", "wandb" in sys.modules, logger.version)
     """
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "SLURM_PROCID")}
-    env.update(RANK="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
+    result = run_as_rank_1(code)  # asserts that it exits 0
     assert "wandb imported: False None" in result.stdout
     assert list(tmp_path.iterdir()) == []
