@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from trainer_helpers import Regressor, loader, quiet_trainer
+from trainer_helpers import Noisy, Regressor, loader, quiet_trainer
 
 from fabric_lite.errors import ConfigurationError
 from fabric_lite.trainer import LightningModule
@@ -197,21 +197,6 @@ def test_checkpoint_monitoring_a_validation_metric_waits_for_the_first_validatio
     with pytest.warns(UserWarning, match=r"monitor='val_loss'\) could not find 'val_loss'.*no validation has run yet"):
         quiet_trainer(tmp_path, max_epochs=2, callbacks=[checkpoint]).fit(Regressor(), loader(8, 4), loader(4, 4))
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["epoch=1-step=3.ckpt", "epoch=1-step=4.ckpt"]
-
-
-class Noisy(Regressor):
-    """Dropout (the RNG every step), Adam and a per-epoch StepLR: what a resume has to restore."""
-
-    def __init__(self):
-        super().__init__(lr=0.05)
-        self.drop = nn.Dropout(0.3)
-
-    def forward(self, x):
-        return self.layer(self.drop(x))
-
-    def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.7)}
 
 
 def test_resume_from_a_checkpoint_saved_at_the_training_epoch_end_with_validation(tmp_path):

@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-from trainer_helpers import Regressor, loader, quiet_trainer
+from trainer_helpers import Noisy, loader, quiet_trainer
 
 from fabric_lite.errors import CheckpointError
 from fabric_lite.trainer.callbacks import EarlyStopping, ModelCheckpoint
-
-
-class Noisy(Regressor):
-    """Dropout (uses the RNG every step), Adam and a per-epoch StepLR: everything resume must restore."""
-
-    def __init__(self):
-        super().__init__(lr=0.05)
-        self.drop = nn.Dropout(0.3)
-
-    def forward(self, x):
-        return self.layer(self.drop(x))
-
-    def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.7)}
 
 
 def weights(model):

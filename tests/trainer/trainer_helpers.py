@@ -55,6 +55,21 @@ class Regressor(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
+class Noisy(Regressor):
+    """Dropout (uses the RNG every step), Adam and a per-epoch StepLR: everything a resume has to restore."""
+
+    def __init__(self) -> None:
+        super().__init__(lr=0.05)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.drop(x))
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.7)}
+
+
 def quiet_trainer(tmp_path: Any, **kwargs: Any) -> Trainer:
     """A CPU Trainer without progress bar, model summary, logger or checkpoints unless asked for."""
     defaults = {"accelerator": "cpu", "devices": 1, "default_root_dir": str(tmp_path), "enable_progress_bar": False,
