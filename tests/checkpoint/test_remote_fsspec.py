@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_helpers import small_disk
 from torch import nn
 
 fsspec = pytest.importorskip("fsspec", reason="remote checkpoints go through fsspec")
@@ -445,15 +446,7 @@ def test_checkpoint_exists_and_remove_checkpoint_work_on_urls_and_local_paths(pr
 
 
 def test_a_file_url_on_a_full_disk_says_so_in_plain_words_and_keeps_the_old_file(tmp_path):
-    import subprocess
-
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True,
-                             text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {mounted.stderr.strip()}")
-    try:
+    with small_disk(tmp_path) as disk:
         url = f"file://{disk}/last.ckpt"
         atomic_save({"step": 1}, url)
         with pytest.raises(CheckpointError, match=rf"fabric.save\('{url}'\) could not write '{disk}/last.ckpt': the disk "
@@ -463,5 +456,3 @@ def test_a_file_url_on_a_full_disk_says_so_in_plain_words_and_keeps_the_old_file
             atomic_save({"step": 2, "weights": torch.randn(200_000)}, url)  # 800 KB on a 256 KB disk
         assert os.listdir(disk) == ["last.ckpt"]
         assert load_checkpoint_file(url) == {"step": 1}
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import checkpoint_helpers
 import pytest
 import torch
 
@@ -28,16 +29,8 @@ KEPT = "The checkpoint at that path (if any) is unchanged and no partial file wa
 @pytest.fixture
 def small_disk(tmp_path):
     """A 256 KiB tmpfs: a real file system that fills up."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True,
-                            text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {result.stderr.strip()}")
-    try:
+    with checkpoint_helpers.small_disk(tmp_path) as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_full_disk_says_so_and_keeps_the_old_checkpoint(small_disk):

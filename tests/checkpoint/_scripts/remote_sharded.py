@@ -13,8 +13,8 @@ from pathlib import Path
 import fsspec
 import torch
 from fsspec.implementations.memory import MemoryFileSystem
+from sharded_shared import full, outcome, values
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from fabric_lite import Fabric
 from fabric_lite.checkpoint import latest_checkpoint
@@ -50,22 +50,6 @@ class FailsOnLastRank:
 def model_of(seed):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-
-
-def full(tensor):
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def values(model):
-    return {name: full(p.detach()).flatten().tolist() for name, p in model.module.named_parameters()}
-
-
-def outcome(fn):
-    try:
-        fn()
-        return "ok"
-    except BaseException as error:  # noqa: BLE001 - the type is what the test checks
-        return f"{type(error).__name__}: {error}"
 
 
 def main():

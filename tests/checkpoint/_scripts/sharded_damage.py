@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 import torch
+from sharded_shared import outcome, values
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from fabric_lite import Fabric
 from fabric_lite.checkpoint.sharded import MARKER
@@ -25,22 +25,6 @@ def model_of(*widths):
     for a, b in zip(widths, widths[1:]):
         layers += [nn.Linear(a, b), nn.Tanh()]
     return nn.Sequential(*layers[:-1])
-
-
-def full(tensor):
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def values(model):
-    return {name: full(p.detach()).flatten().tolist() for name, p in model.module.named_parameters()}
-
-
-def outcome(fn):
-    try:
-        fn()
-        return "ok"
-    except BaseException as error:  # noqa: BLE001 - the type is what the test checks (DCP raises a BaseException)
-        return f"{type(error).__name__}: {error}"
 
 
 class FailsOnRank1:
