@@ -3,11 +3,14 @@
 import argparse
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from fabric_lite import Fabric
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/strategies
+from script_launch import launch
 
 
 def run(fabric, out_dir, mode):
@@ -32,17 +35,7 @@ def main():
     parser.add_argument("--strategy", default=None)
     parser.add_argument("--devices", type=int, default=None)
     args = parser.parse_args()
-    kwargs = {"accelerator": "cpu"}
-    if args.strategy:
-        kwargs["strategy"] = args.strategy
-    if args.devices:
-        kwargs["devices"] = args.devices
-    fabric = Fabric(**kwargs)
-    if fabric.plan.launcher in ("spawn", "fork"):
-        fabric.launch(run, args.out_dir, args.mode)
-    else:
-        fabric.launch()
-        run(fabric, args.out_dir, args.mode)
+    launch(run, args, args.out_dir, args.mode, accelerator="cpu")
 
 
 if __name__ == "__main__":

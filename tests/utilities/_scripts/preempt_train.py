@@ -7,11 +7,15 @@ second run finds the checkpoint and writes resumed<rank>.json with the step it r
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from fabric_lite import Fabric
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "strategies"))
+from script_launch import launch
+
 from fabric_lite.plugins import Preemption
 
 
@@ -55,17 +59,8 @@ def main():
     parser.add_argument("--devices", type=int, default=None)
     parser.add_argument("--max-steps", type=int, default=3000)
     args = parser.parse_args()
-    kwargs = {"accelerator": "cpu", "plugins": [Preemption(signals=("SIGTERM", "SIGUSR1"))]}
-    if args.strategy:
-        kwargs["strategy"] = args.strategy
-    if args.devices:
-        kwargs["devices"] = args.devices
-    fabric = Fabric(**kwargs)
-    if fabric.plan.launcher in ("spawn", "fork"):
-        fabric.launch(run, args.out_dir, args.max_steps)
-    else:
-        fabric.launch()
-        run(fabric, args.out_dir, args.max_steps)
+    plugins = [Preemption(signals=("SIGTERM", "SIGUSR1"))]
+    launch(run, args, args.out_dir, args.max_steps, accelerator="cpu", plugins=plugins)
 
 
 if __name__ == "__main__":
