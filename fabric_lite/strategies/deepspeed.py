@@ -2,7 +2,8 @@
 
 Processes, rendezvous and collectives are ParallelStrategy's (inherited): the process group is made the same
 way and DeepSpeed is told that it exists. The options live in ``deepspeed_config.py``, the precision
-plugin in ``precision/deepspeed.py``, the checkpoint folders in ``checkpoint/deepspeed.py``.
+plugin in ``precision/deepspeed.py``, the checkpoint folders in ``checkpoint/deepspeed.py``, and which engine
+a module, optimizer or checkpoint state belongs to in ``deepspeed_engines.py``.
 ``deepspeed`` is imported only inside methods, so that ``import fabric_lite`` never pays for it.
 """
 
@@ -12,7 +13,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager
 
@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from fabric_lite.accelerators import Accelerator
 from fabric_lite.checkpoint import deepspeed as folders
 from fabric_lite.checkpoint.deepspeed import (  # noqa: F401  re-exported: the names users and fabric-run import from here
     TAG,
@@ -28,14 +27,12 @@ from fabric_lite.checkpoint.deepspeed import (  # noqa: F401  re-exported: the n
     deepspeed_available,
     is_deepspeed_checkpoint,
 )
-from fabric_lite.environments.base import ClusterEnvironment
 from fabric_lite.errors import ConfigurationError, UsageError, missing_package
-from fabric_lite.precision.base import Precision
 from fabric_lite.precision.deepspeed import DeepSpeedPrecision, deepspeed_precision  # noqa: F401
 from fabric_lite.strategies.parallel import ParallelStrategy
 from fabric_lite.strategies.deepspeed_config import DeepSpeedConfig, load_config
+from fabric_lite.strategies.deepspeed_engines import find_engine, find_engine_in_state
 from fabric_lite.utilities.rank_zero import rank_zero_warn
-from fabric_lite.wrappers import FabricModule, FabricOptimizer
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -243,32 +240,7 @@ class DeepSpeedStrategy(ParallelStrategy):
     # --------------------------------------------------------- training steps
     def _engine_for(self, module: Any = None, optimizer: Any = None, *, asked: str) -> DeepSpeedEngine:
         """The engine that ``module`` (engine, FabricModule or user module) or ``optimizer`` belongs to."""
-        from deepspeed import DeepSpeedEngine
-
-        if isinstance(module, FabricModule):
-            module = module._forward_module
-        if isinstance(module, DeepSpeedEngine):
-            return module
-        if isinstance(optimizer, FabricOptimizer):
-            optimizer = optimizer.optimizer
-        for engine in self._engines:
-            if (module is not None and engine.module is module) or (optimizer is not None and engine.optimizer is optimizer):
-                return engine
-        if module is not None or optimizer is not None:
-            raise ConfigurationError(
-                f"{asked} got a {type(module if module is not None else optimizer).__name__} that no DeepSpeed engine "
-                f"holds. Fix: use the model and optimizer returned by fabric.setup(model, optimizer)."
-            )
-        # Without a hint, the one model being trained (models set up for inference take no steps).
-        trained = [e for e in self._engines if id(e) in self._trained]
-        if len(trained) == 1:
-            return trained[0]
-        if not trained:
-            raise UsageError(f"{asked} was called before fabric.setup(model, optimizer). Fix: set the model up first.")
-        raise ConfigurationError(
-            f"{asked} cannot tell which of the {len(trained)} DeepSpeed models it is for. "
-            f"Fix: fabric.backward(loss, model=model) with the model returned by fabric.setup(...)."
-        )
+        return find_engine(self._engines, self._trained, module, optimizer, asked=asked)
 
     def backward(self, tensor: torch.Tensor, module: nn.Module | None, *args: Any, **kwargs: Any) -> None:
         engine = self._engine_for(module, asked="fabric.backward(loss)")
@@ -367,31 +339,7 @@ class DeepSpeedStrategy(ParallelStrategy):
 
     def engine_in_state(self, state: Mapping[str, Any], *, asked: str) -> tuple[DeepSpeedEngine, str, str | None]:
         """The one engine in ``state``, its key, and the key of its optimizer (None when absent)."""
-        from deepspeed import DeepSpeedEngine
-
-        found: list[tuple[str, DeepSpeedEngine]] = []
-        for key, obj in state.items():
-            inner = obj._forward_module if isinstance(obj, FabricModule) else obj
-            if isinstance(inner, DeepSpeedEngine):
-                found.append((key, inner))
-            elif isinstance(inner, nn.Module) and any(e.module is inner for e in self._engines):
-                found.append((key, next(e for e in self._engines if e.module is inner)))
-        if len(found) != 1:
-            why = "holds no model set up by DeepSpeedStrategy" if not found else (
-                f"holds {len(found)} DeepSpeed models ({', '.join(repr(k) for k, _ in found)}), and a checkpoint "
-                f"folder stores one engine"
-            )
-            raise ConfigurationError(
-                f"{asked}: the state {why}. Fix: pass the model returned by fabric.setup(model, optimizer), e.g. "
-                f"{{'model': model, 'optimizer': optimizer, 'step': step}}, one model per checkpoint."
-            )
-        module_key, engine = found[0]
-        optimizer_key = None
-        for key, obj in state.items():
-            inner = obj.optimizer if isinstance(obj, FabricOptimizer) else obj
-            if engine.optimizer is not None and inner is engine.optimizer:
-                optimizer_key = key
-        return engine, module_key, optimizer_key
+        return find_engine_in_state(self._engines, state, asked=asked)
 
     def __repr__(self) -> str:
         return (
