@@ -13,6 +13,7 @@ import os
 import time
 
 import torch
+from deepspeed_shared import NotAllowed, error_of
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -21,13 +22,6 @@ from fabric_lite.strategies.deepspeed import (
     DeepSpeedStrategy,
     consolidate_deepspeed_checkpoint,
 )
-
-
-class NotAllowed:
-    """A plain object: pickled by class reference, which ``torch.load(weights_only=True)`` refuses."""
-
-    def __init__(self, value):
-        self.value = value
 
 
 def make_model():
@@ -42,14 +36,6 @@ def full_parameters(engine):
     params = list(engine.module.parameters())
     with deepspeed.zero.GatheredParameters(params, enabled=hasattr(params[0], "ds_id")):
         return {name: p.detach().float().flatten().tolist() for name, p in engine.module.named_parameters()}
-
-
-def error_of(fn):
-    try:
-        fn()
-    except Exception as error:  # noqa: BLE001 - the test matches type and message
-        return f"{type(error).__name__}: {error}"
-    return None
 
 
 def main():

@@ -15,6 +15,7 @@ import os
 import shutil
 
 import torch
+from deepspeed_shared import NotAllowed, error_of
 from torch import nn
 
 from fabric_lite import Fabric
@@ -24,13 +25,6 @@ from fabric_lite.strategies.deepspeed import DeepSpeedStrategy
 SCENARIOS = {
     "stage2": (2, "32-true"), "stage3": (3, "32-true"), "stage2-bf16": (2, "bf16-mixed"), "stage3-bf16": (3, "bf16-mixed"),
 }
-
-
-class NotAllowed:
-    """A plain object: pickled by class reference, which ``torch.load(weights_only=True)`` refuses."""
-
-    def __init__(self, value):
-        self.value = value
 
 
 def make_model(seed, precision):
@@ -104,14 +98,6 @@ def weights_only(fabric, result, model, optimizer, folder):
     result["weights_only_kept_moments"] = all(
         a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(before, moments(), strict=True)
     )
-
-
-def error_of(fn):
-    try:
-        fn()
-    except Exception as error:  # noqa: BLE001 - the test matches type and message
-        return f"{type(error).__name__}: {error}"
-    return None
 
 
 def main():
