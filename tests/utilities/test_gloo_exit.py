@@ -22,9 +22,20 @@ from fabric_lite.utilities import gloo_exit
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads thread states from /proc")
 
 
-def _rename_this_thread(name: str) -> None:
-    with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as handle:
-        handle.write(name)
+def _start_named_like_a_gloo_worker(work) -> threading.Thread:
+    """Start a thread that renames itself as gloo names its workers, then runs ``work``."""
+    named = threading.Event()
+
+    def body():
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as handle:
+            handle.write(gloo_exit._THREAD_NAME)
+        named.set()
+        work()
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    assert named.wait(10)
+    return thread
 
 
 def test_real_gloo_workers_are_found_and_drain_once_idle(tmp_path):
@@ -43,18 +54,13 @@ def test_real_gloo_workers_are_found_and_drain_once_idle(tmp_path):
 
 def test_a_worker_that_is_still_computing_is_waited_for_and_then_released():
     stop = threading.Event()
-    named = threading.Event()
 
-    def busy_worker():
-        _rename_this_thread(gloo_exit._THREAD_NAME)
-        named.set()
+    def compute():
         a = torch.randn(256, 256)
         while not stop.is_set():
             a = torch.tanh(a @ a)  # runs without the GIL: the thread stays runnable
 
-    thread = threading.Thread(target=busy_worker, daemon=True)
-    thread.start()
-    assert named.wait(10)
+    thread = _start_named_like_a_gloo_worker(compute)
     try:
         started = time.monotonic()
         assert gloo_exit.drain_workers(max_wait_s=0.3) is False  # never quiet: gives up at the cap
@@ -68,16 +74,7 @@ def test_a_worker_that_is_still_computing_is_waited_for_and_then_released():
 
 def test_a_sleeping_named_thread_counts_as_drained():
     release = threading.Event()
-    named = threading.Event()
-
-    def idle_worker():
-        _rename_this_thread(gloo_exit._THREAD_NAME)
-        named.set()
-        release.wait(30)
-
-    thread = threading.Thread(target=idle_worker, daemon=True)
-    thread.start()
-    assert named.wait(10)
+    thread = _start_named_like_a_gloo_worker(lambda: release.wait(30))
     try:
         assert str(thread.native_id) in gloo_exit._gloo_workers()
         assert gloo_exit.drain_workers(max_wait_s=2.0) is True
