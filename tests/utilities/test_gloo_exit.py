@@ -8,6 +8,7 @@ the workers' name while it computes, as a worker still finishing a work on a loa
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import threading
 import time
@@ -56,9 +57,9 @@ def test_a_worker_that_is_still_computing_is_waited_for_and_then_released():
     stop = threading.Event()
 
     def compute():
-        a = torch.randn(256, 256)
+        blob = bytes(range(256)) * 32768  # 8 MiB: each hash is milliseconds of one core without the GIL
         while not stop.is_set():
-            a = torch.tanh(a @ a)  # runs without the GIL: the thread stays runnable
+            hashlib.sha256(blob).digest()  # single-threaded (a matmul's OpenMP waits would read as asleep)
 
     thread = _start_named_like_a_gloo_worker(compute)
     try:
