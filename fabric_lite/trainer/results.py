@@ -37,6 +37,12 @@ class _Metric:
     torchmetric: Any = None  # a torchmetrics.Metric logged as the value: its compute() is the epoch value
     computed: float | None = None  # its compute() when its evaluation loader finished (Lightning's moment)
     attribute: str = ""  # where the module holds it ("val_acc", "metrics.mae"): a rank that never logged it finds it there
+    suffix: str = ""  # "/dataloader_idx_<i>" when one of several evaluation loaders logged it (part of ``name``)
+
+    def forked(self, kind: str) -> str:
+        """The name of its step or epoch value, Lightning's way: ``loss_step``, ``val_loss_epoch/dataloader_idx_1``."""
+        base = self.name[: len(self.name) - len(self.suffix)] if self.suffix else self.name
+        return f"{base}_{kind}{self.suffix}"
 
     def update(self, value: torch.Tensor, batch_size: int) -> None:
         value = value.detach().to(torch.float64)
@@ -86,6 +92,8 @@ class Results:
         self.suffix = ""  # "/dataloader_idx_<i>" while one of several evaluation loaders runs
         self.module: Any = None  # the LightningModule (its torchmetrics attributes), set when a run attaches it
         self._metric_paths: dict[int, str] = {}
+        # Evaluation batches logged so far per (stage, loader): the step of their per-step values (Lightning's count)
+        self.eval_steps: dict[tuple[str, int], int] = {}
 
     # ------------------------------------------------------------------------------ recording
     def log(
@@ -119,8 +127,8 @@ class Results:
             )
         torchmetric = _torchmetric(name, value)
         tensor = None if torchmetric is not None else _to_tensor(name, value, self.fabric.device)
-        if add_dataloader_idx:
-            name = name + self.suffix
+        suffix = self.suffix if add_dataloader_idx else ""
+        name = name + suffix
         if batch_size is None:
             batch_size = batch_size_of(self.batch) if in_step else 1
         # rank_zero_only: only rank 0 makes this call, so it must never join a collective
@@ -128,7 +136,8 @@ class Results:
         stage_metrics = self._metrics.setdefault(self.stage, {})
         metric = stage_metrics.get(name)
         if metric is None:
-            metric = stage_metrics[name] = _Metric(name, on_step, on_epoch, prog_bar, logger, reduce_fx, sync_dist)
+            metric = stage_metrics[name] = _Metric(name, on_step, on_epoch, prog_bar, logger, reduce_fx, sync_dist,
+                                                   suffix=suffix)
         metric.on_step, metric.on_epoch = metric.on_step or on_step, metric.on_epoch or on_epoch
         if torchmetric is not None:
             metric.torchmetric = torchmetric
@@ -154,7 +163,7 @@ class Results:
             if sync and metric.sync_dist and metric.torchmetric is None and self.fabric.world_size > 1:
                 value = self.fabric.all_reduce(value.float(), reduce_op=_collective(metric.reduce_fx)).double()
             metric.fresh_step = False
-            name = f"{metric.name}_step" if metric.on_epoch else metric.name
+            name = metric.forked("step") if metric.on_epoch else metric.name
             number = float(value)
             self.callback_metrics[name] = torch.tensor(number)
             self.callback_metrics.setdefault(metric.name, torch.tensor(number))
@@ -165,6 +174,17 @@ class Results:
             if metric.prog_bar:
                 bar[name] = number
         return logged, bar
+
+    def eval_step_values(self) -> dict[str, float]:
+        """Fresh per-step values of the running evaluation for the loggers (not synced: ranks run uneven batches)."""
+        logged: dict[str, float] = {}
+        for metric in self._metrics.get(self.stage, {}).values():
+            if not (metric.on_step and metric.fresh_step and metric.step_value is not None):
+                continue
+            metric.fresh_step = False
+            if metric.logger:
+                logged[metric.forked("step") if metric.on_epoch else metric.name] = float(metric.step_value)
+        return logged
 
     def epoch_values(self, *, stage: str | None = None, suffix: str = "") -> tuple[dict[str, float], dict[str, float]]:
         """Reduce the epoch accumulators of ``stage``: (for loggers, for the progress bar). Collective when sync_dist."""
@@ -213,11 +233,11 @@ class Results:
         names = sorted(n for n, m in metrics.items() if m.torchmetric is not None and m.on_epoch and (suffix is None or n.endswith(suffix)))
         if self.fabric.world_size == 1 or stage == "train":
             return names
-        specs = [(n, metrics[n].attribute, metrics[n].on_step, metrics[n].prog_bar, metrics[n].logger) for n in names]
+        specs = [(n, m.attribute, m.on_step, m.prog_bar, m.logger, m.suffix) for n, m in ((n, metrics[n]) for n in names)]
         specs = self.fabric.broadcast(specs, src=0)
-        for name, attribute, on_step, prog_bar, logger in specs:
+        for name, attribute, on_step, prog_bar, logger, suffix in specs:
             if name not in metrics:
-                entry = _Metric(name, on_step, True, prog_bar, logger, "mean", False)
+                entry = _Metric(name, on_step, True, prog_bar, logger, "mean", False, suffix=suffix)
                 entry.torchmetric, entry.attribute = self.module.get_submodule(attribute), attribute
                 metrics[name] = entry
         return [spec[0] for spec in specs]
@@ -251,7 +271,7 @@ def _store(
 ) -> None:
     if value is None:
         return
-    name = (f"{metric.name}_epoch" if metric.on_step else metric.name) + suffix
+    name = (metric.forked("epoch") if metric.on_step else metric.name) + suffix
     callback[name] = torch.tensor(value)
     callback[metric.name + suffix] = torch.tensor(value)
     if metric.logger:

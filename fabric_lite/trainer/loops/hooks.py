@@ -90,10 +90,11 @@ def log_step(trainer: Trainer, collected: Mapping[str, float] | None = None) -> 
         log_metrics(trainer, logged)
 
 
-def log_metrics(trainer: Trainer, metrics: Mapping[str, float]) -> None:
+def log_metrics(trainer: Trainer, metrics: Mapping[str, float], step: int | None = None) -> None:
+    """To the loggers at ``step`` (default: the global step)."""
     trainer.logged_metrics.update(metrics)
     if trainer.loggers and not trainer.sanity_checking:
-        trainer.fabric.log_dict(dict(metrics), step=trainer.global_step)
+        trainer.fabric.log_dict(dict(metrics), step=trainer.global_step if step is None else step)
 
 
 def finalize_loggers(trainer: Trainer, status: str) -> None:

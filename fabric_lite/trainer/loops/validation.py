@@ -66,6 +66,8 @@ def evaluation_loop(trainer: Trainer, stage: str, loaders: list[Any], limits: li
                 call_hook(trainer, f"on_{prefix}_batch_start", batch, batch_idx, *extra)
                 out = call_step(trainer, f"{prefix}_step", batch, batch_idx, *extra)
                 call_hook(trainer, f"on_{prefix}_batch_end", out, batch, batch_idx, *extra)
+                if not state.sanity_checking:
+                    _log_eval_step(trainer, stage, dataloader_idx, log=log)
                 if stage == "validate" and not state.sanity_checking:
                     state.val_has_run = True
         results.batch = None
@@ -87,3 +89,15 @@ def evaluation_loop(trainer: Trainer, stage: str, loaders: list[Any], limits: li
         call_module(trainer, f"on_{prefix}_model_train")
     state.stage = was_stage
     return outputs
+
+
+def _log_eval_step(trainer: Trainer, stage: str, dataloader_idx: int, *, log: bool) -> None:
+    """This evaluation batch's ``on_step`` values go to the loggers, as Lightning does: at a step that counts the
+    batches of this loader run so far in this fit / validate / test call (not the global step), unsynced."""
+    results = trainer.state.results
+    key = (stage, dataloader_idx)
+    step = results.eval_steps.get(key, 0)
+    results.eval_steps[key] = step + 1
+    logged = results.eval_step_values()
+    if log and logged:
+        log_metrics(trainer, logged, step=step)
