@@ -44,6 +44,7 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
             "phase": state.phase,
             "batches_done": state.batches_done if state.phase in ("in_epoch", "batch_done") else 0,
             "total_batch_idx": state.total_batch_idx,
+            "batches_that_stepped": state.batches_that_stepped,
             "loader_position": state.batches_done,  # batches the loader handed out in its last epoch
             "epoch_rng": state.epoch_rng,
             "rng": get_rng(),
@@ -136,6 +137,8 @@ def restore(trainer: Trainer, path: str, *, training: bool) -> None:
     state.global_step = int(remainder["global_step"])
     loops = remainder.get("loops") or {}
     state.total_batch_idx = int(loops.get("total_batch_idx", 0))
+    # older checkpoints lack it: the global step is the same count under automatic optimisation (Lightning's default too)
+    state.batches_that_stepped = int(loops.get("batches_that_stepped", state.global_step))
     phase = loops.get("phase", "epoch_done")
     if phase in ("in_epoch", "batch_done") and loops.get("batches_done", 0) == 0:
         phase = "epoch_done"

@@ -172,12 +172,14 @@ def test_overfit_batches_repeats_the_same_unshuffled_batches(tmp_path):
 def test_log_every_n_steps_and_the_csv_logger(tmp_path):
     logger = CSVLogger(tmp_path, name="run")
     trainer = quiet_trainer(tmp_path, max_epochs=1, log_every_n_steps=3, logger=logger)
-    trainer.fit(Regressor(), loader(24, 4))  # 6 steps: logged at 3 and 6, plus the epoch row
+    # 6 steps: the 3rd and 6th batches are logged, at Lightning's steps (the batches that stepped before each): 2 and 5
+    trainer.fit(Regressor(), loader(24, 4))
     rows = (tmp_path / "run" / "version_0" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     step_rows = [r for r in rows[1:] if r.split(",")[header.index("train_loss_step")]]
-    assert [int(r.split(",")[0]) for r in step_rows] == [3, 6]
-    assert any(r.split(",")[header.index("train_loss_epoch")] for r in rows[1:])
+    assert [int(r.split(",")[0]) for r in step_rows] == [2, 5]
+    epoch_rows = [r for r in rows[1:] if r.split(",")[header.index("train_loss_epoch")]]
+    assert [int(r.split(",")[0]) for r in epoch_rows] == [5]  # the epoch's values at its last batch's step
     assert (tmp_path / "run" / "version_0" / "hparams.json").exists() or (tmp_path / "run" / "version_0" / "hparams.yaml").exists()
 
 

@@ -53,7 +53,7 @@ class LearningRateMonitor(Callback):
         return "epoch"
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if (trainer.state.total_batch_idx + 1) % trainer.log_every_n_steps == 0 or trainer.log_every_n_steps == 1:
+        if (trainer.state.batches_that_stepped + 1) % trainer.log_every_n_steps == 0 or trainer.log_every_n_steps == 1:
             self._log(trainer, "step")
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -83,4 +83,4 @@ class LearningRateMonitor(Callback):
                 if self.log_weight_decay:
                     stats[key + "-weight_decay"] = float(group.get("weight_decay", 0.0))
         if stats:
-            trainer.fabric.log_dict(stats, step=trainer.global_step)
+            trainer.fabric.log_dict(stats, step=trainer.state.batches_that_stepped)  # before this batch's (Lightning's)

@@ -51,6 +51,7 @@ def run_fit(trainer: Trainer, model: LightningModule, train_dataloaders: Any, va
     state.num_val_batches = [setup.limited(d, trainer.limit_val_batches, "limit_val_batches") for d in state.val_dataloaders]
     state.val_check_batch = setup.compute_val_check_batch(trainer)
     state.current_epoch, state.global_step, state.total_batch_idx, state.phase = 0, 0, 0, "epoch_done"
+    state.batches_that_stepped = 0
     state.resume = None
     state.preemption = preempt.plugin_of(trainer)
     if ckpt_path is None and state.preemption is not None:
@@ -187,13 +188,15 @@ def _train_epoch(trainer: Trainer, resume: dict[str, Any] | None) -> None:
             outputs = call_step(trainer, "training_step", batch, batch_idx)
         outputs = _batch_end_outputs(outputs, model.automatic_optimization, trainer.accumulate_grad_batches)
         state.total_batch_idx += 1
+        stepped = not model.automatic_optimization or (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or is_last
+        state.batches_that_stepped += int(stepped)
         state.batches_done = batch_idx + 1
         if is_last:
             update_schedulers(trainer, "epoch", plateau=False)
         state.phase = "batch_done"  # a checkpoint written now resumes with this batch's validation still due
         collected = collect_step(trainer)  # the bar shows this step's values in on_train_batch_end
         call_hook(trainer, "on_train_batch_end", outputs, batch, batch_idx)
-        log_step(trainer, collected)
+        log_step(trainer, collected, stepped=stepped)
         state.phase = "in_epoch"
         if _should_validate(trainer, batch_idx):
             run_validation(trainer)

@@ -83,18 +83,26 @@ def collect_step(trainer: Trainer) -> dict[str, float]:
     return logged
 
 
-def log_step(trainer: Trainer, collected: Mapping[str, float] | None = None) -> None:
-    """Log this step's values (``collected`` before on_train_batch_end, plus any logged in that hook)."""
+def log_step(trainer: Trainer, collected: Mapping[str, float] | None = None, *, stepped: bool = True) -> None:
+    """Log this step's values (``collected`` before on_train_batch_end, plus any logged in that hook), as Lightning
+    does: on batches that stepped the optimizer, every ``log_every_n_steps`` of them, with the epoch."""
     logged = {**(collected or {}), **collect_step(trainer)}
-    if logged and trainer.state.total_batch_idx % trainer.log_every_n_steps == 0:
-        log_metrics(trainer, logged)
+    if logged and stepped and trainer.state.batches_that_stepped % trainer.log_every_n_steps == 0:
+        log_metrics(trainer, {**logged, "epoch": trainer.state.current_epoch})
+
+
+def logging_step(trainer: Trainer) -> int:
+    """The loggers' step, Lightning's: during fit, the training batches that stepped before the current one (the
+    values of batch 0 and the validation after it are at 0); in a validate / test call after fit, all of them."""
+    state = trainer.state
+    return max(state.batches_that_stepped - 1, 0) if state.in_fit else state.batches_that_stepped
 
 
 def log_metrics(trainer: Trainer, metrics: Mapping[str, float], step: int | None = None) -> None:
-    """To the loggers at ``step`` (default: the global step)."""
+    """To the loggers at ``step`` (default: :func:`logging_step`)."""
     trainer.logged_metrics.update(metrics)
     if trainer.loggers and not trainer.sanity_checking:
-        trainer.fabric.log_dict(dict(metrics), step=trainer.global_step if step is None else step)
+        trainer.fabric.log_dict(dict(metrics), step=logging_step(trainer) if step is None else step)
 
 
 def finalize_loggers(trainer: Trainer, status: str) -> None:

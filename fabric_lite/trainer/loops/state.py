@@ -54,6 +54,9 @@ class LoopState:
     results: Any = None  # the Results of ``self.log`` calls for the running loop
     batch_idx: int = 0
     total_batch_idx: int = 0  # training batches run over all epochs
+    # Training batches that ended in an optimizer step (every batch under manual optimisation): the loggers' step,
+    # Lightning's convention (a batch's values at the count before it, 0, 1, ...; one per batch with two optimizers)
+    batches_that_stepped: int = 0
     batches_done: int = 0  # batches the training loader handed out in its current (or last) epoch
     phase: str = "epoch_done"  # where a checkpoint written now resumes: in_epoch, batch_done, epoch_batches_done, ...
     resume: dict[str, Any] | None = None  # what restore() found, consumed by the fit loop
