@@ -44,6 +44,11 @@ class _Metric:
         base = self.name[: len(self.name) - len(self.suffix)] if self.suffix else self.name
         return f"{base}_{kind}{self.suffix}"
 
+    @property
+    def step_name(self) -> str:
+        """The name its per-step value is logged under (forked only when it has an epoch value too)."""
+        return self.forked("step") if self.on_epoch else self.name
+
     def update(self, value: torch.Tensor, batch_size: int) -> None:
         value = value.detach().to(torch.float64)
         self.step_value = value
@@ -156,14 +161,12 @@ class Results:
         """
         logged: dict[str, float] = {}
         bar: dict[str, float] = {}
-        for metric in self._metrics.get(self.stage, {}).values():
-            if not (metric.on_step and metric.fresh_step and metric.step_value is not None):
-                continue
+        for metric in self._fresh_steps():
             value = metric.step_value
             if sync and metric.sync_dist and metric.torchmetric is None and self.fabric.world_size > 1:
                 value = self.fabric.all_reduce(value.float(), reduce_op=_collective(metric.reduce_fx)).double()
             metric.fresh_step = False
-            name = metric.forked("step") if metric.on_epoch else metric.name
+            name = metric.step_name
             number = float(value)
             self.callback_metrics[name] = torch.tensor(number)
             self.callback_metrics.setdefault(metric.name, torch.tensor(number))
@@ -178,13 +181,15 @@ class Results:
     def eval_step_values(self) -> dict[str, float]:
         """Fresh per-step values of the running evaluation for the loggers (not synced: ranks run uneven batches)."""
         logged: dict[str, float] = {}
-        for metric in self._metrics.get(self.stage, {}).values():
-            if not (metric.on_step and metric.fresh_step and metric.step_value is not None):
-                continue
+        for metric in self._fresh_steps():
             metric.fresh_step = False
             if metric.logger:
-                logged[metric.forked("step") if metric.on_epoch else metric.name] = float(metric.step_value)
+                logged[metric.step_name] = float(metric.step_value)
         return logged
+
+    def _fresh_steps(self) -> list[_Metric]:
+        """The current stage's ``on_step`` metrics with a value not read yet."""
+        return [m for m in self._metrics.get(self.stage, {}).values() if m.on_step and m.fresh_step and m.step_value is not None]
 
     def epoch_values(self, *, stage: str | None = None, suffix: str = "") -> tuple[dict[str, float], dict[str, float]]:
         """Reduce the epoch accumulators of ``stage``: (for loggers, for the progress bar). Collective when sync_dist."""
@@ -233,7 +238,8 @@ class Results:
         names = sorted(n for n, m in metrics.items() if m.torchmetric is not None and m.on_epoch and (suffix is None or n.endswith(suffix)))
         if self.fabric.world_size == 1 or stage == "train":
             return names
-        specs = [(n, m.attribute, m.on_step, m.prog_bar, m.logger, m.suffix) for n, m in ((n, metrics[n]) for n in names)]
+        specs = [(n, metrics[n].attribute, metrics[n].on_step, metrics[n].prog_bar, metrics[n].logger, metrics[n].suffix)
+                 for n in names]
         specs = self.fabric.broadcast(specs, src=0)
         for name, attribute, on_step, prog_bar, logger, suffix in specs:
             if name not in metrics:

@@ -14,7 +14,7 @@ from fabric_lite.trainer.combined_loader import batches
 from fabric_lite.trainer.loops import setup
 from fabric_lite.trainer.loops.validation import run_sanity_check, run_validation
 from fabric_lite.trainer.loops.hooks import call_hook, call_step, collect_step, finalize_loggers, log_metrics, log_step, on_exception, transfer_batch
-from fabric_lite.trainer.loops.optimization import automatic_step, update_schedulers
+from fabric_lite.trainer.loops.optimization import automatic_step, ends_accumulation, update_schedulers
 from fabric_lite.trainer.states import get_rng, set_rng
 from fabric_lite.utilities.rank_zero import rank_zero_warn
 
@@ -188,7 +188,7 @@ def _train_epoch(trainer: Trainer, resume: dict[str, Any] | None) -> None:
             outputs = call_step(trainer, "training_step", batch, batch_idx)
         outputs = _batch_end_outputs(outputs, model.automatic_optimization, trainer.accumulate_grad_batches)
         state.total_batch_idx += 1
-        stepped = not model.automatic_optimization or (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or is_last
+        stepped = not model.automatic_optimization or ends_accumulation(trainer, batch_idx, is_last)
         state.batches_that_stepped += int(stepped)
         state.batches_done = batch_idx + 1
         if is_last:

@@ -32,8 +32,7 @@ def automatic_step(trainer: Trainer, batch: Any, batch_idx: int, is_last: bool) 
     optimizer = state.optimizers[0] if state.optimizers else None
     if optimizer is None:
         return call_step(trainer, "training_step", batch, batch_idx)
-    accumulate = trainer.accumulate_grad_batches
-    boundary = (batch_idx + 1) % accumulate == 0 or is_last
+    boundary = ends_accumulation(trainer, batch_idx, is_last)
     engine = engine_accumulates(trainer)
     # Under DeepSpeed the engine accumulates (its gradient_accumulation_steps is the Trainer's accumulate_grad_batches):
     # every batch goes through optimizer_step, the engine divides the loss and updates on its boundary only (as Lightning).
@@ -54,6 +53,11 @@ def automatic_step(trainer: Trainer, batch: Any, batch_idx: int, is_last: bool) 
         after_optimizer_step(trainer)
         state.needs_zero_grad = True
     return closure.outputs
+
+
+def ends_accumulation(trainer: Trainer, batch_idx: int, is_last: bool) -> bool:
+    """Whether this training batch ends an accumulation window, so that the optimizer steps after it."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or is_last
 
 
 def engine_accumulates(trainer: Trainer) -> bool:

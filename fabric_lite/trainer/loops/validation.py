@@ -68,8 +68,7 @@ def evaluation_loop(trainer: Trainer, stage: str, loaders: list[Any], limits: li
                 call_hook(trainer, f"on_{prefix}_batch_end", out, batch, batch_idx, *extra)
                 if not state.sanity_checking:
                     _log_eval_step(trainer, stage, dataloader_idx, log=log)
-                if stage == "validate" and not state.sanity_checking:
-                    state.val_has_run = True
+                    state.val_has_run = state.val_has_run or stage == "validate"
         results.batch = None
         if several:
             results.finish_loader()
